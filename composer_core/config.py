@@ -1,0 +1,195 @@
+"""Pydantic configuration of the three-channel loss, loadable from YAML or JSON.
+
+Every place where the reference implementations disagree is a named field here, with the reference's
+value in its description (see docs/objectives.md). Names of objectives, estimators, divergences and
+preference losses are checked against the plugin registries when the config is built.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from composer_core.distill import Divergence, Support, Tail
+from composer_core.errors import ConfigError
+from composer_core.objectives.advantages import AdvantageEstimator
+from composer_core.objectives.aggregation import AggregationMode
+from composer_core.objectives.base import Objective, ObjectiveParams
+from composer_core.objectives.kl import KLEstimator
+from composer_core.plugins import Registry, registries
+from composer_core.preference import PreferenceLoss
+
+Scope = Literal["global", "local"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a misspelt setting must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known(registry: Registry[Any], name: str) -> str:
+    registry.entry(name)  # raises UnknownNameError listing the registered names
+    return name
+
+
+def _settings(owner: str, make: Any, overrides: Mapping[str, Any]) -> ObjectiveParams:
+    try:
+        return make(overrides)
+    except ValidationError as error:
+        raise ConfigError(f"invalid params for {owner}: {error}") from None
+
+
+@dataclass(frozen=True)
+class ResolvedObjective:
+    """An objective with its validated settings and the aggregation that applies."""
+
+    objective: Objective
+    params: ObjectiveParams
+    aggregation: AggregationMode
+    normaliser: Scope
+
+
+class ObjectiveConfig(StrictModel):
+    name: str = Field("dr_grpo", description="registered objective; Composer's own base is Dr.GRPO-like")
+    aggregation: AggregationMode | None = Field(None, description="None: the objective's default")
+    normaliser: Scope | None = Field(None, description="global: the caller's global counts; local: this batch")
+    params: dict[str, Any] = Field(default_factory=dict, description="the objective's own settings")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return _known(registries().objectives, name)
+
+    @model_validator(mode="after")
+    def _params_valid(self) -> ObjectiveConfig:
+        self.resolve()
+        return self
+
+    def resolve(self) -> ResolvedObjective:
+        objective: Objective = registries().objectives.get(self.name)
+        params = _settings(f"objective {self.name!r}", objective.make_params, self.params)
+        return ResolvedObjective(objective, params, self.aggregation or objective.aggregation,
+                                 self.normaliser or objective.normaliser)
+
+
+class AdvantageConfig(StrictModel):
+    name: str | None = Field(None, description="None: the estimator the objective is paired with")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str | None) -> str | None:
+        return None if name is None else _known(registries().advantage_estimators, name)
+
+    def resolve(self, objective: str) -> tuple[AdvantageEstimator, ObjectiveParams]:
+        name = self.name or registries().objectives.get(objective).advantage
+        estimator: AdvantageEstimator = registries().advantage_estimators.get(name)
+        return estimator, _settings(f"advantage estimator {name!r}", estimator.make_params, self.params)
+
+
+class KLConfig(StrictModel):
+    coef: float = Field(0.0, ge=0.0, description="beta; 0 turns the KL term off (TRL and verl default)")
+    estimator: KLEstimator = Field("k3", description="k3 in the loss (TRL, verl kl_loss_type=low_var_kl); "
+                                                     "Composer 2 reportedly uses k1")
+    placement: Literal["loss", "reward"] = Field("loss", description="loss: beta*KL added per token (TRL "
+                                                 "beta, verl use_kl_loss); reward: verl use_kl_in_reward")
+    straight_through: bool = Field(False, description="value of the estimator, gradient of k2 (verl 'k3+')")
+    clamp: float | None = Field(None, gt=0, description="clamp of the estimate; verl k3: 10, TRL: none")
+    log_ratio_clamp: float | None = Field(None, gt=0, description="clamp of log ref - log pi in k3; verl 20")
+
+
+class PolicyConfig(StrictModel):
+    weight: float = Field(1.0, ge=0.0)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    kl: KLConfig = Field(default_factory=KLConfig)
+    allow_empty_rows: bool = Field(False, description="accept rows with no response token (padding rows)")
+
+    @model_validator(mode="after")
+    def _advantage_resolves(self) -> PolicyConfig:
+        self.advantage.resolve(self.objective.name)
+        return self
+
+
+class DistillConfig(StrictModel):
+    weight: float = Field(0.0, ge=0.0, description="0 turns self-distillation off")
+    divergence: str = "generalized_jsd"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="0 forward KL, 1 reverse KL; SDPO YAML 0.5")
+    support: Support = Field("student_topk", description="SDPO: student top-K; OPSD: teacher top-K")
+    top_k: int = Field(100, ge=1, description="SDPO 100 (20 in rich-feedback runs)")
+    tail: Tail = Field("bucket", description="bucket: SDPO's tail bucket; renormalise: TRL default, OPSD")
+    temperature: float = Field(1.0, gt=0.0, description="the rollout sampling temperature")
+    is_clip: float | None = Field(2.0, gt=0.0, description="cap of the stopped IS weight; None: no correction")
+    pointwise_clip: float | None = Field(None, gt=0.0, description="OPSD clips each term at 0.05")
+    aggregation: AggregationMode = "token-mean"
+    normaliser: Scope = Field("global", description="SDPO reference: local micro-batch count")
+
+    @field_validator("divergence")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return _known(registries().divergences, name)
+
+    @model_validator(mode="after")
+    def _sampled_token_is_reverse_kl(self) -> DistillConfig:
+        if self.support == "sampled_token" and self.alpha != 1.0:
+            raise ValueError(f"support 'sampled_token' estimates reverse KL only: set alpha to 1.0 (got "
+                             f"{self.alpha})")
+        return self
+
+    def resolve_divergence(self) -> Divergence:
+        return registries().divergences.get(self.divergence)
+
+
+class PreferenceConfig(StrictModel):
+    """Trace-replay DPO: composer-core's own research channel, not part of Cursor's Composer recipe."""
+
+    weight: float = Field(0.0, ge=0.0, description="0 turns the channel off")
+    loss: str = "sigmoid"
+    beta: float = Field(0.1, ge=0.0, description="0 turns the channel off")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+
+    @field_validator("loss")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return _known(registries().preference_losses, name)
+
+    def resolve_loss(self) -> PreferenceLoss:
+        return registries().preference_losses.get(self.loss)
+
+
+class ComposerConfig(StrictModel):
+    """The composed loss: channel 1 (policy), 2 (self-distillation), 3 (trace-replay DPO)."""
+
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ComposerConfig:
+        """Load from a .yaml/.yml or .json file; errors name the file and the offending field."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+        return cls.from_mapping(data or {}, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "config") -> ComposerConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source} must be a mapping of settings, got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as error:
+            raise ConfigError(f"{source} is invalid: {error}") from None

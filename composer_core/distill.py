@@ -1,0 +1,176 @@
+"""Channel 2, self-distillation: per-token divergences between a student and a privileged teacher.
+
+The teacher is the same policy given a hint, feedback or a sibling's solution; its logits arrive here
+already computed on the teacher context and aligned with the student's response tokens. Teacher tensors
+never receive gradients. Student p = softmax(z_s / tau), teacher q = softmax(z_t / tau).
+
+alpha picks the divergence: 0 forward KL(q || p), 1 reverse KL(p || q), between them the generalised JSD
+`(1 - alpha) KL(p || M) + alpha KL(q || M)` with `M = (1 - alpha) p + alpha q`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from composer_core.contracts import check_float
+from composer_core.errors import BatchError, ConfigError
+from composer_core.plugins import Register, hookimpl
+
+Support = Literal["full", "student_topk", "teacher_topk", "sampled_token"]
+Tail = Literal["bucket", "renormalise"]
+IS_LOG_RATIO_CLAMP = 20.0
+TAIL_LOGSUMEXP_MAX = -1e-7  # keeps log(1 - P_topk) finite when the top-K holds all the mass
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """A registered divergence: `pointwise(student_log_probs, teacher_log_probs, alpha)` returns the terms
+    over the support (last dimension); they are optionally clipped, then summed."""
+
+    name: str
+    pointwise: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    description: str
+
+
+def kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Pointwise terms of KL(p || q): p (log p - log q)."""
+    return log_p.exp() * (log_p - log_q)
+
+
+def generalized_jsd_terms(student: torch.Tensor, teacher: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Pointwise terms of the alpha-generalised JSD (alpha 0: forward KL, 1: reverse KL)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return kl_terms(teacher, student)
+    if alpha == 1.0:
+        return kl_terms(student, teacher)
+    mixture = torch.logaddexp(student + math.log1p(-alpha), teacher + math.log(alpha))
+    return (1 - alpha) * kl_terms(student, mixture) + alpha * kl_terms(teacher, mixture)
+
+
+BUILTIN_DIVERGENCES = (
+    Divergence("generalized_jsd", generalized_jsd_terms,
+               "alpha 0 forward KL(teacher || student), 1 reverse KL(student || teacher), between: generalised JSD"),
+)
+
+
+@hookimpl
+def register_divergences(register: Register) -> None:
+    for divergence in BUILTIN_DIVERGENCES:
+        register(divergence)
+
+
+def add_tail_bucket(log_probs: torch.Tensor) -> torch.Tensor:
+    """Append one category holding the mass outside the top-K: `log(1 - sum_k p_k)`, computed stably."""
+    captured = torch.logsumexp(log_probs, dim=-1, keepdim=True).clamp(max=TAIL_LOGSUMEXP_MAX)
+    return torch.cat([log_probs, torch.log(-torch.expm1(captured))], dim=-1)
+
+
+def renormalise(log_probs: torch.Tensor) -> torch.Tensor:
+    """Condition a top-K subset on itself: log-probs that sum to one over the K entries."""
+    return log_probs - torch.logsumexp(log_probs, dim=-1, keepdim=True)
+
+
+def support_log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, support: Support,
+                      top_k: int, tail: Tail) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probs over the chosen support, last dimension aligned entry by entry."""
+    student = torch.log_softmax(student_logits, dim=-1)
+    teacher = torch.log_softmax(teacher_logits, dim=-1)
+    if support == "full":
+        return student, teacher
+    if support not in ("student_topk", "teacher_topk"):
+        raise ConfigError(f"unknown distillation support {support!r}; choose full, student_topk, teacher_topk "
+                          "or sampled_token")
+    if not 0 < top_k <= student.shape[-1]:
+        raise ConfigError(f"top_k must be in [1, vocabulary size {student.shape[-1]}], got {top_k}")
+    chooser = student if support == "student_topk" else teacher
+    indices = chooser.topk(top_k, dim=-1).indices
+    student, teacher = student.gather(-1, indices), teacher.gather(-1, indices)
+    if tail == "bucket":
+        return add_tail_bucket(student), add_tail_bucket(teacher)
+    if tail == "renormalise":
+        return renormalise(student), renormalise(teacher)
+    raise ConfigError(f"unknown top-K tail handling {tail!r}; choose bucket or renormalise")
+
+
+def sampled_token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       token_ids: torch.Tensor) -> torch.Tensor:
+    """Reverse KL on the sampled token only: `sg(log p(y) - log q(y)) * log p(y)` (a REINFORCE estimator)."""
+    index = token_ids.unsqueeze(-1)
+    log_p = torch.log_softmax(student_logits, dim=-1).gather(-1, index).squeeze(-1)
+    log_q = torch.log_softmax(teacher_logits, dim=-1).gather(-1, index).squeeze(-1)
+    return (log_p - log_q).detach() * log_p
+
+
+def distill_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                      support: Support = "full", alpha: float = 0.5, top_k: int = 100, tail: Tail = "bucket",
+                      temperature: float = 1.0, pointwise_clip: float | None = None,
+                      divergence: Divergence | None = None, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token divergence (batch, length) from (batch, length, vocab) logits; the teacher is detached.
+
+    token_ids (batch, length) are the sampled tokens, needed only by the sampled_token support.
+    """
+    check_float("student_logits", student_logits)
+    check_float("teacher_logits", teacher_logits)
+    if student_logits.shape != teacher_logits.shape:
+        raise BatchError(f"teacher_logits has shape {tuple(teacher_logits.shape)} but student_logits has "
+                         f"{tuple(student_logits.shape)}; align the teacher's response positions with the student's")
+    if temperature <= 0:
+        raise ConfigError(f"distillation temperature must be positive, got {temperature}")
+    student_logits = student_logits / temperature
+    teacher_logits = teacher_logits.detach() / temperature
+    if support == "sampled_token":
+        if alpha != 1.0:
+            raise ConfigError(f"the sampled_token support estimates reverse KL only: set alpha=1.0 (got {alpha})")
+        if token_ids is None or token_ids.shape != student_logits.shape[:-1]:
+            raise BatchError("the sampled_token support needs token_ids of shape (batch, length) = "
+                             f"{tuple(student_logits.shape[:-1])}")
+        return sampled_token_loss(student_logits, teacher_logits, token_ids)
+    student, teacher = support_log_probs(student_logits, teacher_logits, support, top_k, tail)
+    terms = (divergence.pointwise if divergence else generalized_jsd_terms)(student, teacher, alpha)
+    if pointwise_clip is not None:
+        terms = terms.clamp(max=pointwise_clip)
+    return terms.sum(-1)
+
+
+def distill_per_token_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                                  lm_head_weight: torch.Tensor, *, chunk_size: int = 1024,
+                                  **options: object) -> torch.Tensor:
+    """`distill_per_token` from final hidden states (batch, length, hidden), never holding all logits.
+
+    Tokens are processed in chunks of `chunk_size` rows of the flattened batch; each chunk's logits are
+    recomputed in the backward pass (activation checkpointing), so peak memory is chunk_size x vocab.
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise BatchError(f"teacher_hidden has shape {tuple(teacher_hidden.shape)} but student_hidden has "
+                         f"{tuple(student_hidden.shape)}")
+    token_ids = options.pop("token_ids", None)
+    batch_shape = student_hidden.shape[:-1]
+    flat_student = student_hidden.reshape(-1, student_hidden.shape[-1])
+    flat_teacher = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    flat_ids = None if token_ids is None else token_ids.reshape(-1)
+
+    def chunk_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher @ lm_head_weight.T
+        return distill_per_token(student @ lm_head_weight.T, teacher_logits, token_ids=ids, **options)
+
+    pieces = []
+    for start in range(0, flat_student.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        ids = None if flat_ids is None else flat_ids[rows]
+        pieces.append(checkpoint(chunk_loss, flat_student[rows], flat_teacher[rows], ids, use_reentrant=False))
+    return torch.cat(pieces).reshape(batch_shape)
+
+
+def importance_weight(log_prob: torch.Tensor, old_log_prob: torch.Tensor, is_clip: float) -> torch.Tensor:
+    """Stopped per-token IS weight `min(exp(clamp(log pi - log pi_old, -20, 20)), is_clip)` (upper cap only)."""
+    log_ratio = (log_prob - old_log_prob).detach().clamp(-IS_LOG_RATIO_CLAMP, IS_LOG_RATIO_CLAMP)
+    return log_ratio.exp().clamp(max=is_clip)
