@@ -39,11 +39,22 @@ def _known(registry: Registry[Any], name: str) -> str:
     return name
 
 
-def _settings(owner: str, make: Any, overrides: Mapping[str, Any]) -> ObjectiveParams:
+def describe(error: ValidationError) -> str:
+    """One line per problem, `where: what`, without pydantic's URLs and type tags."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "value"
+        lines.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
+def _settings(owner: str, registered: Objective | AdvantageEstimator, overrides: Mapping[str, Any]) -> ObjectiveParams:
+    """Validate a registered item's params; the error lists the settings it accepts."""
     try:
-        return make(overrides)
+        return registered.make_params(overrides)
     except ValidationError as error:
-        raise ConfigError(f"invalid params for {owner}: {error}") from None
+        accepted = ", ".join(registered.params.model_fields) or "none"
+        raise ConfigError(f"invalid params for {owner}: {describe(error)} (accepted: {accepted})") from None
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class ObjectiveConfig(StrictModel):
 
     def resolve(self) -> ResolvedObjective:
         objective: Objective = registries().objectives.get(self.name)
-        params = _settings(f"objective {self.name!r}", objective.make_params, self.params)
+        params = _settings(f"objective {self.name!r}", objective, self.params)
         return ResolvedObjective(objective, params, self.aggregation or objective.aggregation,
                                  self.normaliser or objective.normaliser)
 
@@ -91,7 +102,7 @@ class AdvantageConfig(StrictModel):
     def resolve(self, objective: str) -> tuple[AdvantageEstimator, ObjectiveParams]:
         name = self.name or registries().objectives.get(objective).advantage
         estimator: AdvantageEstimator = registries().advantage_estimators.get(name)
-        return estimator, _settings(f"advantage estimator {name!r}", estimator.make_params, self.params)
+        return estimator, _settings(f"advantage estimator {name!r}", estimator, self.params)
 
 
 class KLConfig(StrictModel):
@@ -192,4 +203,4 @@ class ComposerConfig(StrictModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as error:
-            raise ConfigError(f"{source} is invalid: {error}") from None
+            raise ConfigError(f"{source} is invalid: {describe(error)}") from None

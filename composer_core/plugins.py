@@ -171,8 +171,9 @@ HOOK_REGISTRIES = {
 def _check_hooks(manager: pluggy.PluginManager) -> None:
     try:
         manager.check_pending()
-    except pluggy.PluginValidationError as error:
-        raise PluginError(f"plugin {error.plugin_name!r} implements a hook composer-core does not define: {error}; "
+    except pluggy.PluginValidationError as error:  # pluggy's error carries the plugin object, not its name
+        name = manager.get_name(error.plugin)
+        raise PluginError(f"plugin {name!r} implements a hook composer-core does not define: {error}; "
                           f"known hooks: {', '.join(HOOK_REGISTRIES)}") from error
 
 

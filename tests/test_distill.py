@@ -1,0 +1,135 @@
+"""Self-distillation divergences: directions, supports, temperature, clipping, chunking."""
+
+import pytest
+import torch
+
+from composer_core.distill import (
+    add_tail_bucket,
+    distill_per_token,
+    distill_per_token_from_hidden,
+    generalized_jsd_terms,
+    importance_weight,
+)
+from composer_core.errors import BatchError, ConfigError
+
+
+def logits(seed: int, shape: tuple[int, ...] = (2, 3, 7)) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def exact_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def test_alpha_zero_is_forward_kl_and_one_is_reverse_kl() -> None:
+    student, teacher = logits(0), logits(1)
+    log_p, log_q = student.log_softmax(-1), teacher.log_softmax(-1)
+    torch.testing.assert_close(distill_per_token(student, teacher, alpha=0.0), exact_kl(log_q, log_p))
+    torch.testing.assert_close(distill_per_token(student, teacher, alpha=1.0), exact_kl(log_p, log_q))
+
+
+def test_alpha_half_is_the_symmetric_jsd() -> None:
+    student, teacher = logits(0), logits(1)
+    p, q = student.softmax(-1), teacher.softmax(-1)
+    m = (p + q) / 2
+    expected = 0.5 * exact_kl(p.log(), m.log()) + 0.5 * exact_kl(q.log(), m.log())
+    torch.testing.assert_close(distill_per_token(student, teacher, alpha=0.5), expected)
+
+
+def test_divergence_is_zero_for_identical_distributions() -> None:
+    student = logits(0)
+    for alpha in (0.0, 0.3, 1.0):
+        torch.testing.assert_close(distill_per_token(student, student.clone(), alpha=alpha),
+                                   torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_teacher_never_receives_gradient() -> None:
+    student = logits(0).requires_grad_()
+    teacher = logits(1).requires_grad_()
+    distill_per_token(student, teacher, alpha=0.5).sum().backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+def test_temperature_divides_both_logits() -> None:
+    student, teacher = logits(0), logits(1)
+    torch.testing.assert_close(distill_per_token(student, teacher, temperature=2.0),
+                               distill_per_token(student / 2, teacher / 2))
+
+
+def test_tail_bucket_completes_the_distribution() -> None:
+    log_probs = logits(0).log_softmax(-1).topk(3, dim=-1).values
+    with_tail = add_tail_bucket(log_probs)
+    torch.testing.assert_close(with_tail.exp().sum(-1), torch.ones(2, 3, dtype=torch.float64))
+
+
+def test_full_topk_with_tail_equals_the_full_divergence() -> None:
+    """With K = vocabulary the tail is empty: the top-K divergence is the full one."""
+    student, teacher = logits(0), logits(1)
+    full = distill_per_token(student, teacher, support="full")
+    topk = distill_per_token(student, teacher, support="student_topk", top_k=7, tail="renormalise")
+    torch.testing.assert_close(topk, full)
+
+
+def test_teacher_topk_picks_the_teacher_support() -> None:
+    student, teacher = logits(0), logits(1)
+    by_teacher = distill_per_token(student, teacher, support="teacher_topk", top_k=2, tail="renormalise", alpha=0.0)
+    indices = teacher.topk(2, dim=-1).indices
+    log_p = student.log_softmax(-1).gather(-1, indices).log_softmax(-1)
+    log_q = teacher.log_softmax(-1).gather(-1, indices).log_softmax(-1)
+    torch.testing.assert_close(by_teacher, exact_kl(log_q, log_p))
+
+
+def test_sampled_token_is_a_reverse_kl_reinforce_estimator() -> None:
+    student, teacher = logits(0).requires_grad_(), logits(1)
+    ids = torch.randint(0, 7, (2, 3), generator=torch.Generator().manual_seed(2))
+    loss = distill_per_token(student, teacher, support="sampled_token", alpha=1.0, token_ids=ids)
+    log_p = student.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    log_q = teacher.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(loss, (log_p - log_q).detach() * log_p)
+    with pytest.raises(ConfigError, match=r"reverse KL only: set alpha=1.0"):
+        distill_per_token(student, teacher, support="sampled_token", alpha=0.5, token_ids=ids)
+    with pytest.raises(BatchError, match="needs token_ids"):
+        distill_per_token(student, teacher, support="sampled_token", alpha=1.0)
+
+
+def test_pointwise_clip_bounds_every_term() -> None:
+    student, teacher = logits(0) * 4, logits(1) * 4
+    clipped = distill_per_token(student, teacher, alpha=1.0, pointwise_clip=0.05)
+    terms = generalized_jsd_terms(student.log_softmax(-1), teacher.log_softmax(-1), 1.0)
+    torch.testing.assert_close(clipped, terms.clamp(max=0.05).sum(-1))
+    assert (clipped < distill_per_token(student, teacher, alpha=1.0)).any()
+
+
+def test_importance_weight_caps_from_above_only() -> None:
+    log_prob = torch.tensor([0.0, 0.0, 0.0])
+    old = torch.tensor([0.0, 2.0, -2.0])
+    torch.testing.assert_close(importance_weight(log_prob, old, 2.0), torch.tensor([1.0, torch.e**-2, 2.0]))
+
+
+@pytest.mark.parametrize("support", ["full", "student_topk", "sampled_token"])
+def test_chunked_from_hidden_states_equals_materialised_logits(support: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    student_hidden = torch.randn(2, 5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    teacher_hidden = torch.randn(2, 5, 4, generator=generator, dtype=torch.float64)
+    head = torch.randn(9, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 9, (2, 5), generator=generator)
+    alpha = 1.0 if support == "sampled_token" else 0.5
+    options = {"support": support, "alpha": alpha, "top_k": 3, "token_ids": ids}
+    chunked = distill_per_token_from_hidden(student_hidden, teacher_hidden, head, chunk_size=3, **options)
+    whole = distill_per_token(student_hidden @ head.T, teacher_hidden @ head.T, **options)
+    torch.testing.assert_close(chunked, whole)
+    chunked_grads = torch.autograd.grad(chunked.sum(), (student_hidden, head))
+    whole_grads = torch.autograd.grad(whole.sum(), (student_hidden, head))
+    for chunked_grad, whole_grad in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(chunked_grad, whole_grad)
+
+
+def test_bad_distill_inputs_are_named() -> None:
+    with pytest.raises(BatchError, match=r"teacher_logits has shape \(2, 3, 5\) but student_logits has"):
+        distill_per_token(logits(0), logits(1, (2, 3, 5)))
+    with pytest.raises(BatchError, match="student_logits must be a floating-point tensor"):
+        distill_per_token(torch.ones(2, 3, 7, dtype=torch.long), logits(1))
+    with pytest.raises(ConfigError, match="top_k must be in"):
+        distill_per_token(logits(0), logits(1), support="student_topk", top_k=50)
+    with pytest.raises(ConfigError, match=r"alpha must be in \[0, 1\]"):
+        distill_per_token(logits(0), logits(1), alpha=1.5)
