@@ -27,7 +27,7 @@ def compute_advantages(config: PolicyConfig, rewards: torch.Tensor, mask: torch.
         if old_log_prob is None or ref_log_prob is None:
             raise BatchError("kl.placement 'reward' needs old_log_prob and ref_log_prob to penalise the rewards")
         penalised = kl_penalised_rewards(inputs.token_rewards, old_log_prob, ref_log_prob, inputs.mask, kl.coef,
-                                         kl.estimator)
+                                         kl.estimator, clamp=kl.clamp, log_ratio_clamp=kl.log_ratio_clamp)
         inputs = make_inputs(penalised, inputs.mask, inputs.group_ids)
     estimator, params = config.advantage.resolve(config.objective.name)
     return estimator.fn(inputs, params)

@@ -154,7 +154,7 @@ def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
             raise PluginError(f"plugin {point.name!r} ({_entry_point_source(point)}) failed to import: "
                               f"{type(error).__name__}: {error}; fix or uninstall it, or leave it out with "
                               f"{AUTOLOAD_ENV}") from error
-        manager.register(plugin, name=point.name)
+        _register(manager, plugin, point.name)
         sources[point.name] = _entry_point_source(point)
     _check_hooks(manager)
     return manager, sources
@@ -168,12 +168,27 @@ HOOK_REGISTRIES = {
 }
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _register(manager: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Register one plugin; pluggy's errors (a hook with wrong arguments, a taken name) become PluginError."""
+    if manager.has_plugin(name):
+        raise PluginError(f"a plugin named {name!r} is already registered; choose another name or unregister it")
+    try:
+        manager.register(plugin, name=name)
+    except pluggy.PluginValidationError as error:
+        raise PluginError(f"plugin {name!r} is invalid: {_one_line(error)}; each hook takes exactly the argument "
+                          "`register`") from error
+
+
 def _check_hooks(manager: pluggy.PluginManager) -> None:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as error:  # pluggy's error carries the plugin object, not its name
         name = manager.get_name(error.plugin)
-        raise PluginError(f"plugin {name!r} implements a hook composer-core does not define: {error}; "
+        raise PluginError(f"plugin {name!r} implements a hook composer-core does not define: {_one_line(error)}; "
                           f"known hooks: {', '.join(HOOK_REGISTRIES)}") from error
 
 
@@ -234,7 +249,7 @@ def register_plugin(plugin: object, name: str) -> None:
     """
     global _state
     loaded = _loaded()
-    loaded.manager.register(plugin, name=name)
+    _register(loaded.manager, plugin, name)
     sources = {**loaded.sources, name: "registered at run time"}
     try:
         _check_hooks(loaded.manager)

@@ -42,11 +42,13 @@ def kl_estimate(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, estimator: s
 
 
 def kl_penalised_rewards(token_rewards: torch.Tensor, log_prob: torch.Tensor, ref_log_prob: torch.Tensor,
-                         mask: torch.Tensor, coef: float, estimator: str = "k1") -> torch.Tensor:
+                         mask: torch.Tensor, coef: float, estimator: str = "k1", *, clamp: float | None = None,
+                         log_ratio_clamp: float | None = None) -> torch.Tensor:
     """KL in the reward: `r_t - coef * KL_t` on masked tokens (verl `use_kl_in_reward`, k1 by default).
 
     Uses the behaviour policy's log-probs, so no gradient flows; call it before the advantage estimator.
+    clamp / log_ratio_clamp as in `kl_estimate` (verl applies its k3 clamps in the reward too).
     """
     with torch.no_grad():
-        penalty = kl_estimate(log_prob, ref_log_prob, estimator)
+        penalty = kl_estimate(log_prob, ref_log_prob, estimator, clamp=clamp, log_ratio_clamp=log_ratio_clamp)
     return token_rewards - coef * torch.where(mask, penalty, 0.0)
