@@ -24,7 +24,7 @@ from composer_core.plugins import Register, hookimpl
 
 Support = Literal["full", "student_topk", "teacher_topk", "sampled_token"]
 Tail = Literal["bucket", "renormalise"]
-IS_LOG_RATIO_CLAMP = 30.0
+IS_LOG_RATIO_CLAMP = 20.0
 TAIL_LOGSUMEXP_MAX = -1e-7  # keeps log(1 - P_topk) finite when the top-K holds all the mass
 
 
