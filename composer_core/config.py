@@ -114,6 +114,8 @@ class KLConfig(StrictModel):
     straight_through: bool = Field(False, description="value of the estimator, gradient of k2 (verl 'k3+')")
     clamp: float | None = Field(None, gt=0, description="clamp of the estimate; verl k3: 10, TRL: none")
     log_ratio_clamp: float | None = Field(None, gt=0, description="clamp of log ref - log pi in k3; verl 20")
+    importance_weighted: bool = Field(False, description="loss placement: multiply KL_t by the token ratio "
+                                      "pi/pi_old, with its gradient (TRL use_bias_correction_kl, default on)")
 
 
 class PolicyConfig(StrictModel):

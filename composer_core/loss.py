@@ -138,8 +138,10 @@ class ComposerLoss:
             per_token_kl = kl_estimate(inputs.log_prob, inputs.ref_log_prob, kl.estimator,
                                        straight_through=kl.straight_through, clamp=kl.clamp,
                                        log_ratio_clamp=kl.log_ratio_clamp)
-            per_token = per_token + kl.coef * per_token_kl
             metrics["policy/kl"] = masked_mean(per_token_kl.detach(), mask).item()
+            if kl.importance_weighted:
+                per_token_kl = per_token_kl * (inputs.log_prob - old).exp()
+            per_token = per_token + kl.coef * per_token_kl
         norm = normaliser or Normaliser()
         value = aggregate(per_token, mask, resolved.aggregation, norm if resolved.normaliser == "global"
                           else norm.local())
