@@ -139,17 +139,21 @@ def broadcast(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values.unsqueeze(-1), 0.0)
 
 
+def centred_on_group_mean(inputs: AdvantageInputs, params: GroupParams, estimator: str) -> torch.Tensor:
+    """`R - mean_g` per row; a singleton group is refused, or (verl) keeps its raw reward."""
+    scores, index = inputs.scores, inputs.group_ids
+    if params.singleton_group == "error":
+        _refuse_singletons(index, estimator)
+    return scores - torch.where(_singletons(index), 0.0, group_mean(scores, index))
+
+
 @torch.no_grad()
 def group_normalised(inputs: AdvantageInputs, params: GroupParams) -> torch.Tensor:
     """GRPO family: `(R - mean_g) / (std + eps)`, std from the group, the batch, or none."""
     scores, index = inputs.scores, inputs.group_ids
-    singleton = _singletons(index)
-    if params.singleton_group == "error":
-        _refuse_singletons(index, "group-normalised")
-    mean = torch.where(singleton, 0.0, group_mean(scores, index))
-    centred = scores - mean
+    centred = centred_on_group_mean(inputs, params, "group-normalised")
     if params.std_scale == "group":
-        std = torch.where(singleton, 1.0, group_std(scores, index, params.unbiased_std))
+        std = torch.where(_singletons(index), 1.0, group_std(scores, index, params.unbiased_std))
         centred = centred / (std + params.epsilon)
     elif params.std_scale == "batch":
         std = scores.std(unbiased=params.unbiased_std) if scores.numel() > 1 else scores.new_zeros(())
@@ -194,11 +198,7 @@ def reinforce_plus_plus(inputs: AdvantageInputs, params: ReturnParams) -> torch.
 @torch.no_grad()
 def reinforce_plus_plus_baseline(inputs: AdvantageInputs, params: GroupParams) -> torch.Tensor:
     """REINFORCE++ with a group-mean baseline, then whitened over the batch."""
-    scores, index = inputs.scores, inputs.group_ids
-    singleton = _singletons(index)
-    if params.singleton_group == "error":
-        _refuse_singletons(index, "REINFORCE++-baseline")
-    centred = scores - torch.where(singleton, 0.0, group_mean(scores, index))
+    centred = centred_on_group_mean(inputs, params, "REINFORCE++-baseline")
     return masked_whiten(broadcast(centred, inputs.mask), inputs.mask)
 
 
