@@ -48,6 +48,14 @@ class HookSpecs:
     def register_preference_losses(self, register: Register) -> None:
         """Register channel-3 preference losses: `register(PreferenceLoss(...))`."""
 
+    @hookspec
+    def register_trace_formats(self, register: Register) -> None:
+        """Register agent-trace ingesters: `register(TraceFormat(...))`."""
+
+    @hookspec
+    def register_hint_providers(self, register: Register) -> None:
+        """Register hint providers for self-distillation targets: `register(HintProvider(...))`."""
+
 
 @dataclass(frozen=True)
 class Registered(Generic[T]):
@@ -104,10 +112,11 @@ class Registries:
     advantage_estimators: Registry[Any]
     divergences: Registry[Any]
     preference_losses: Registry[Any]
+    trace_formats: Registry[Any]
+    hint_providers: Registry[Any]
 
     def all(self) -> dict[str, Registry[Any]]:
-        return {"objectives": self.objectives, "advantage_estimators": self.advantage_estimators,
-                "divergences": self.divergences, "preference_losses": self.preference_losses}
+        return {attribute: getattr(self, attribute) for attribute in HOOK_REGISTRIES.values()}
 
 
 BUILTIN_MODULES = (
@@ -115,6 +124,7 @@ BUILTIN_MODULES = (
     "composer_core.objectives.advantages",
     "composer_core.distill",
     "composer_core.preference",
+    "composer_core.traces.openai_messages",
 )
 
 
@@ -165,6 +175,8 @@ HOOK_REGISTRIES = {
     "register_advantage_estimators": "advantage_estimators",
     "register_divergences": "divergences",
     "register_preference_losses": "preference_losses",
+    "register_trace_formats": "trace_formats",
+    "register_hint_providers": "hint_providers",
 }
 
 
@@ -195,7 +207,7 @@ def _check_hooks(manager: pluggy.PluginManager) -> None:
 def collect(manager: pluggy.PluginManager, sources: dict[str, str]) -> Registries:
     """Call every plugin's hooks with a `register` callback bound to that plugin's name."""
     registries = Registries(Registry("objective"), Registry("advantage estimator"), Registry("divergence"),
-                            Registry("preference loss"))
+                            Registry("preference loss"), Registry("trace format"), Registry("hint provider"))
     for hook_name, attribute in HOOK_REGISTRIES.items():
         registry = getattr(registries, attribute)
         for impl in getattr(manager.hook, hook_name).get_hookimpls():

@@ -1,0 +1,1 @@
+"""Agent traces: contracts, format ingesters (one module per real format), error turns, hints, targets."""

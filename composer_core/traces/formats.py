@@ -1,0 +1,136 @@
+"""The trace-format plugin contract, the ingestion log (read / used / skipped / rejected), and detection.
+
+A format is registered through the `register_trace_formats` hook as a `TraceFormat`: a cheap `detect`
+that looks at a path (a file, or a folder for formats stored as one file per event) and a streaming
+`read` that yields one `Trace` at a time and accounts for every record it sees in an `IngestLog`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from composer_core.traces.contracts import Provenance, Reject, Trace
+
+HEAD_BYTES = 8192
+
+
+@dataclass
+class IngestLog:
+    """Accounts for every record: read, then used, skipped (a known type that carries nothing to train on,
+    counted by type) or rejected (kept aside with its location; written to `rejects_file` as it happens)."""
+
+    rejects_file: IO[str] | None = None
+    read: int = 0
+    used: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    traces: int = 0
+    files: int = 0
+    examples: list[Reject] = field(default_factory=list)
+
+    def record(self, count: int = 1) -> None:
+        self.read += count
+
+    def use(self, count: int = 1) -> None:
+        self.used += count
+
+    def skip(self, kind: str, count: int = 1) -> None:
+        self.skipped[kind] += count
+
+    def reject(self, reject: Reject) -> None:
+        self.rejected[reject.reason.split(":")[0]] += 1
+        if len(self.examples) < 20:
+            self.examples.append(reject)
+        if self.rejects_file is not None:
+            self.rejects_file.write(reject.model_dump_json() + "\n")
+
+    def reject_at(self, provenance: Provenance, reason: str, raw: object = "") -> None:
+        self.reject(Reject.of(provenance, reason, raw))
+
+    def summary(self) -> dict[str, Any]:
+        return {"files": self.files, "traces": self.traces, "records_read": self.read, "records_used": self.used,
+                "records_skipped": sum(self.skipped.values()), "records_rejected": sum(self.rejected.values()),
+                "skipped_by_kind": dict(self.skipped), "rejected_by_reason": dict(self.rejected)}
+
+
+@dataclass(frozen=True)
+class TraceFormat:
+    """A registered trace format."""
+
+    name: str
+    description: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, IngestLog], Iterator[Trace]]
+
+
+def head(path: Path, size: int = HEAD_BYTES) -> str:
+    """The first bytes of a file as text (for detection); empty for folders and unreadable files."""
+    if not path.is_file():
+        return ""
+    try:
+        with path.open("rb") as stream:
+            return stream.read(size).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def first_json_line(path: Path) -> dict[str, Any] | None:
+    """The first non-blank line of a JSONL file parsed as an object, or None."""
+    for line in head(path).splitlines():
+        if line.strip():
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def jsonl_records(path: Path, format_name: str, log: IngestLog) -> Iterator[tuple[Provenance, dict[str, Any]]]:
+    """Stream the objects of a JSONL file with their provenance; malformed or non-object lines (a truncated
+    last line included) are rejected with their line number, never raised."""
+    with path.open(encoding="utf-8", errors="replace") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            log.record()
+            where = Provenance(format=format_name, file=str(path), line=number)
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                log.reject_at(where, f"malformed JSON: {error.msg} at column {error.colno}", line)
+                continue
+            if not isinstance(value, dict):
+                log.reject_at(where, f"not a JSON object: a {type(value).__name__}", line)
+                continue
+            yield where, value
+
+
+def load_json(path: Path, format_name: str, log: IngestLog) -> Any | None:
+    """Parse a whole JSON file (one session); a truncated or malformed file is one reject, and None."""
+    log.record()
+    where = Provenance(format=format_name, file=str(path))
+    try:
+        with path.open(encoding="utf-8", errors="replace") as stream:
+            return json.load(stream)
+    except json.JSONDecodeError as error:
+        log.reject_at(where, f"malformed JSON file: {error.msg} at line {error.lineno} (truncated?)", head(path, 500))
+        return None
+
+
+def parse_arguments(raw: Any) -> dict[str, Any] | str:
+    """Tool-call arguments as a dict when they are (or parse as) a JSON object, else the raw text."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+        return value if isinstance(value, dict) else raw
+    return "" if raw is None else json.dumps(raw)
