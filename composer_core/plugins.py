@@ -125,6 +125,7 @@ BUILTIN_MODULES = (
     "composer_core.distill",
     "composer_core.preference",
     "composer_core.traces.openai_messages",
+    "composer_core.hints",
 )
 
 
