@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from composer_core.cli_traces import add_traces_commands
 from composer_core.config import ComposerConfig
 from composer_core.errors import ComposerError
 from composer_core.plugins import plugin_sources, registries
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="validate a ComposerConfig (YAML/JSON) and show it resolved")
     config.add_argument("file", nargs="?", help="config file; omitted: the defaults")
     config.set_defaults(run=config_command)
+    add_traces_commands(commands)
     return parser
 
 

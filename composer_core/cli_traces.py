@@ -1,0 +1,112 @@
+"""`composer-core traces ...`: ingest real agent traces, describe them, and build training data from them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from composer_core.targets import TargetReport, build_all_targets
+from composer_core.traces.contracts import Trace
+from composer_core.traces.failures import find_error_turns
+from composer_core.traces.formats import IngestLog
+from composer_core.traces.ingest import ingest
+from composer_core.traces.store import read_records
+
+
+def _print_summary(title: str, summary: dict[str, Any]) -> None:
+    print(f"{title}:", file=sys.stderr)
+    for key, value in summary.items():
+        print(f"  {key}: {value}", file=sys.stderr)
+
+
+def ingest_command(args: argparse.Namespace) -> int:
+    """Traces from agent files to one JSONL (a trace per line); rejects kept aside with file and line."""
+    out = Path(args.out)
+    rejects = Path(args.rejects) if args.rejects else out.with_suffix(".rejects.jsonl")
+    with out.open("w", encoding="utf-8") as sink, rejects.open("w", encoding="utf-8") as reject_sink:
+        log = IngestLog(rejects_file=reject_sink)
+        for trace in tqdm(ingest(args.paths, log, args.format), desc="traces", unit=" traces", file=sys.stderr):
+            sink.write(trace.model_dump_json() + "\n")
+    summary = {**log.summary(), "out": str(out), "rejects": str(rejects)}
+    _print_summary("ingest", summary)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def trace_stats(traces: Any) -> dict[str, Any]:
+    """Counts over a stream of traces: formats, roles, tool calls, failures, error turns, thinking-only turns."""
+    formats: Counter[str] = Counter()
+    roles: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    failure_kinds: Counter[str] = Counter()
+    for trace in traces:
+        formats[trace.format] += 1
+        for message in trace.messages:
+            roles[message.role] += 1
+            counts["tool_calls"] += len(message.tool_calls)
+            counts["failed_tool_results"] += message.failed
+            counts["thinking_only_assistant"] += bool(message.role == "assistant" and message.thinking
+                                                      and not message.content.strip() and not message.tool_calls)
+        for turn in find_error_turns(trace):
+            failure_kinds[turn.failure.kind] += 1
+            target = trace.messages[turn.target_index]
+            counts["error_turns_with_thinking_only_target"] += bool(target.thinking and not target.content.strip()
+                                                                    and not target.tool_calls)
+    return {"traces": sum(formats.values()), "by_format": dict(formats), "messages_by_role": dict(roles),
+            **dict(counts), "error_turns": sum(failure_kinds.values()), "error_turns_by_kind": dict(failure_kinds)}
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    print(json.dumps(trace_stats(read_records(args.traces, Trace)), indent=2))
+    return 0
+
+
+def targets_command(args: argparse.Namespace) -> int:
+    """Self-distillation targets (student context, hinted teacher context, target message) from traces."""
+    report = TargetReport()
+    traces = read_records(args.traces, Trace)
+    targets = build_all_targets(traces, report, provider=args.hint_provider, level=args.hint_level,
+                                strip_thinking=args.strip_thinking, hint_role=args.hint_role)
+    with Path(args.out).open("w", encoding="utf-8") as sink:
+        for target in tqdm(targets, desc="targets", unit=" targets", file=sys.stderr):
+            sink.write(target.model_dump_json() + "\n")
+    summary = {**report.summary(), "out": args.out}
+    _print_summary("targets", summary)
+    if report.empty_targets:
+        print(f"warning: {report.empty_targets} targets have nothing left to train on after --strip-thinking "
+              "(their target message was pure thinking); they are kept and flagged empty_target", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def add_traces_commands(commands: Any) -> None:
+    traces = commands.add_parser("traces", help="ingest agent traces and build training data from them")
+    sub = traces.add_subparsers(dest="traces_command", required=True)
+    ingest_parser = sub.add_parser("ingest", help="agent trace files -> TRACES.jsonl (format auto-detected)")
+    ingest_parser.add_argument("paths", nargs="+", help="files or folders")
+    ingest_parser.add_argument("--out", required=True, help="output JSONL, one trace per line")
+    ingest_parser.add_argument("--format", help="force a format instead of detecting it")
+    ingest_parser.add_argument("--rejects", help="where rejected records go (default: OUT.rejects.jsonl)")
+    ingest_parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    ingest_parser.set_defaults(run=ingest_command)
+    stats = sub.add_parser("stats", help="counts over TRACES.jsonl")
+    stats.add_argument("traces")
+    stats.set_defaults(run=stats_command)
+    targets = sub.add_parser("targets", help="TRACES.jsonl -> self-distillation TARGETS.jsonl")
+    targets.add_argument("traces")
+    targets.add_argument("--out", required=True)
+    targets.add_argument("--hint-provider", default="rules")
+    targets.add_argument("--hint-level", type=int, default=2, choices=(1, 2, 3), help="1 terse ... 3 explicit")
+    targets.add_argument("--hint-role", default="user", choices=("user", "system"))
+    targets.add_argument("--strip-thinking", action="store_true",
+                         help="drop thinking from contexts and targets (targets left empty are flagged)")
+    targets.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    targets.set_defaults(run=targets_command)
