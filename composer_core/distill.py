@@ -100,12 +100,16 @@ def support_log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     raise ConfigError(f"unknown top-K tail handling {tail!r}; choose bucket or renormalise")
 
 
+def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] without materialising the whole log-softmax."""
+    return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+
 def sampled_token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                        token_ids: torch.Tensor) -> torch.Tensor:
     """Reverse KL on the sampled token only: `sg(log p(y) - log q(y)) * log p(y)` (a REINFORCE estimator)."""
-    index = token_ids.unsqueeze(-1)
-    log_p = torch.log_softmax(student_logits, dim=-1).gather(-1, index).squeeze(-1)
-    log_q = torch.log_softmax(teacher_logits, dim=-1).gather(-1, index).squeeze(-1)
+    log_p = token_log_probs(student_logits, token_ids)
+    log_q = token_log_probs(teacher_logits, token_ids)
     return (log_p - log_q).detach() * log_p
 
 
@@ -124,8 +128,9 @@ def distill_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                          f"{tuple(student_logits.shape)}; align the teacher's response positions with the student's")
     if temperature <= 0:
         raise ConfigError(f"distillation temperature must be positive, got {temperature}")
-    student_logits = student_logits / temperature
-    teacher_logits = teacher_logits.detach() / temperature
+    teacher_logits = teacher_logits.detach()
+    if temperature != 1.0:  # dividing by 1 would still copy both (batch, length, vocab) tensors
+        student_logits, teacher_logits = student_logits / temperature, teacher_logits / temperature
     if support == "sampled_token":
         if alpha != 1.0:
             raise ConfigError(f"the sampled_token support estimates reverse KL only: set alpha=1.0 (got {alpha})")

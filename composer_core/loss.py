@@ -14,7 +14,7 @@ import torch
 
 from composer_core.config import ComposerConfig
 from composer_core.contracts import as_bool_mask, check_finite, check_token_batch
-from composer_core.distill import distill_per_token, importance_weight
+from composer_core.distill import distill_per_token, importance_weight, token_log_probs
 from composer_core.errors import BatchError, ConfigError
 from composer_core.objectives.aggregation import Normaliser, aggregate, masked_mean
 from composer_core.objectives.base import PolicyBatch
@@ -186,8 +186,7 @@ class ComposerLoss:
         if inputs.token_ids is None:
             raise BatchError("the distillation IS correction (is_clip) needs token_ids to score the sampled tokens;"
                              " pass token_ids, or old_log_prob=None when fully on-policy")
-        log_probs = torch.log_softmax(inputs.student_logits.detach() / self.config.distill.temperature, dim=-1)
-        return log_probs.gather(-1, inputs.token_ids.unsqueeze(-1)).squeeze(-1)
+        return token_log_probs(inputs.student_logits.detach() / self.config.distill.temperature, inputs.token_ids)
 
     def _empty_distill(self, inputs: DistillInputs, metrics: dict[str, float]
                        ) -> tuple[torch.Tensor, dict[str, float]]:
