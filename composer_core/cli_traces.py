@@ -11,7 +11,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from composer_core.targets import TargetReport, build_all_targets
+from composer_core.errors import SpendCapReached
+from composer_core.preference_pairs import pairs_to_dataset, write_pairs_jsonl
+from composer_core.replay import ReplayOptions, replay_traces
+from composer_core.replay_cache import ReplayCache
+from composer_core.targets import SDTarget, TargetReport, build_all_targets
+from composer_core.teacher_config import load_teachers
+from composer_core.teachers import Budget
 from composer_core.traces.contracts import Trace
 from composer_core.traces.failures import find_error_turns
 from composer_core.traces.formats import IngestLog
@@ -87,6 +93,45 @@ def targets_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_steps(path: str) -> dict[str, list[int]]:
+    """Replay steps from a TARGETS.jsonl: the target message of each self-distillation target."""
+    steps: dict[str, list[int]] = {}
+    for target in read_records(path, SDTarget):
+        steps.setdefault(target.trace_id, []).append(target.target_index)
+    return steps
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """Replay traces with N teachers into preference pairs (channel 3, composer-core's own research channel)."""
+    budget = Budget(args.spend_cap)
+    teachers = load_teachers(args.teachers, budget)
+    options = ReplayOptions(steps=_target_steps(args.targets) if args.targets else None,
+                            max_steps_per_trace=args.max_steps_per_trace, use_trace_outcome=args.use_trace_outcome,
+                            min_answers=args.min_answers, max_concurrent_steps=args.max_concurrent_steps,
+                            progress=True)
+    cache_path = args.cache or str(Path(args.out).with_suffix(".cache.sqlite"))
+    try:
+        with ReplayCache(cache_path) as cache:
+            result = replay_traces(read_records(args.traces, Trace), teachers, options, cache=cache)
+    except SpendCapReached as error:
+        print(f"composer-core: spend cap reached: {error}; the calls made so far are cached in {cache_path}: "
+              "rerun with a higher --spend-cap to resume without paying for them again", file=sys.stderr)
+        if error.report is not None:
+            _print_summary("replay (partial)", error.report.model_dump(exclude={"errors"}))
+        return 3
+    written = write_pairs_jsonl(result.pairs, args.out)
+    if args.dataset:
+        pairs_to_dataset(result.pairs).save_to_disk(args.dataset)
+    _print_summary("replay", {**result.report.model_dump(exclude={"errors"}), "out": args.out,
+                              "written": written, "cache": cache_path})
+    for failure in result.report.errors[:10]:
+        print(f"  teacher {failure.teacher} failed at {failure.trace_id} step {failure.step}: {failure.error}",
+              file=sys.stderr)
+    if args.json:
+        print(result.report.model_dump_json())
+    return 0
+
+
 def add_traces_commands(commands: Any) -> None:
     traces = commands.add_parser("traces", help="ingest agent traces and build training data from them")
     sub = traces.add_subparsers(dest="traces_command", required=True)
@@ -110,3 +155,19 @@ def add_traces_commands(commands: Any) -> None:
                          help="drop thinking from contexts and targets (targets left empty are flagged)")
     targets.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     targets.set_defaults(run=targets_command)
+    replay = sub.add_parser("replay", help="TRACES.jsonl -> preference PAIRS.jsonl by replaying steps with N "
+                            "teachers (channel 3: composer-core's own research channel, not Cursor's recipe)")
+    replay.add_argument("traces")
+    replay.add_argument("--teachers", required=True, help="YAML/JSON list of teachers (kind openai or local_hf)")
+    replay.add_argument("--out", required=True, help="preference pairs JSONL")
+    replay.add_argument("--dataset", help="also save a Hugging Face dataset (TRL conversational format) here")
+    replay.add_argument("--cache", help="sqlite cache of teacher calls (default: OUT.cache.sqlite)")
+    replay.add_argument("--spend-cap", type=float, help="stop paying for calls beyond this many USD")
+    replay.add_argument("--targets", help="replay only the target steps of this TARGETS.jsonl")
+    replay.add_argument("--max-steps-per-trace", type=int)
+    replay.add_argument("--use-trace-outcome", action="store_true",
+                        help="choose the trace's own action when its tool results later succeeded")
+    replay.add_argument("--min-answers", type=int, default=2)
+    replay.add_argument("--max-concurrent-steps", type=int, default=4)
+    replay.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    replay.set_defaults(run=replay_command)

@@ -22,3 +22,24 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0])
+
+
+class TeacherError(ComposerError):
+    """A replay teacher failed: a non-retryable status, retries exhausted, or a malformed reply. The message
+    names the teacher, the status and an excerpt of the body; `attempts` counts the requests it took and
+    `cost_usd` what they were charged (a malformed reply may still have been paid for)."""
+
+    def __init__(self, message: str, *, teacher: str, status: int | None = None, attempts: int = 1,
+                 cost_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.teacher = teacher
+        self.status = status
+        self.attempts = attempts
+        self.cost_usd = cost_usd
+
+
+class SpendCapReached(ComposerError):
+    """A paid teacher call was refused because it could take the replay over its spend cap. A replay that
+    stops on it sets `report` to its partial report (completed calls are cached: a rerun resumes)."""
+
+    report: object | None = None

@@ -125,6 +125,14 @@ BUILTIN_MODULES = (
     "composer_core.distill",
     "composer_core.preference",
     "composer_core.traces.openai_messages",
+    "composer_core.traces.claude_code",
+    "composer_core.traces.codex",
+    "composer_core.traces.gemini_cli",
+    "composer_core.traces.aider",
+    "composer_core.traces.cline",
+    "composer_core.traces.swe_agent",
+    "composer_core.traces.mini_swe_agent",
+    "composer_core.traces.openhands",
     "composer_core.hints",
 )
 

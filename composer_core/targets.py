@@ -26,6 +26,7 @@ class SDTarget(Contract):
 
     target_id: str
     trace_id: str
+    target_index: int
     format: str
     failure: Failure
     hint: Hint
@@ -83,7 +84,8 @@ def build_targets(trace: Trace, report: TargetReport, *, provider: str = "rules"
         context = [earlier.to_chat(include_thinking=keep_thinking) for earlier in trace.messages[:turn.target_index]]
         hint_message = {"role": hint_role, "content": f"Hint: {chosen.text}"}
         yield SDTarget(target_id=f"{trace.trace_id}:{turn.target_index}", trace_id=trace.trace_id,
-                       format=trace.format, failure=turn.failure, hint=chosen, hints=hints,
+                       target_index=turn.target_index, format=trace.format, failure=turn.failure, hint=chosen,
+                       hints=hints,
                        student_context=context, teacher_context=[*context, hint_message],
                        target=message.to_chat(include_thinking=keep_thinking),
                        recovery=trace.messages[turn.recovery_index].to_chat(include_thinking=keep_thinking),

@@ -11,12 +11,17 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from composer_core.traces.contracts import Provenance, Reject, Trace
 
 HEAD_BYTES = 8192
+FIRST_LINE_BYTES = 1 << 20
+_DATETIME = TypeAdapter(datetime)
 
 
 @dataclass
@@ -79,16 +84,33 @@ def head(path: Path, size: int = HEAD_BYTES) -> str:
         return ""
 
 
-def first_json_line(path: Path) -> dict[str, Any] | None:
-    """The first non-blank line of a JSONL file parsed as an object, or None."""
-    for line in head(path).splitlines():
-        if line.strip():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                return None
-            return value if isinstance(value, dict) else None
-    return None
+def first_json_line(path: Path, limit: int = FIRST_LINE_BYTES) -> dict[str, Any] | None:
+    """The first non-blank line of a JSONL file parsed as an object, or None. The line is read whole (up to
+    `limit` bytes), so a long header line (a session header carrying its system prompt) still parses."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as stream:
+            line = stream.readline(limit)
+            while line and not line.strip():
+                line = stream.readline(limit)
+    except OSError:
+        return None
+    try:
+        value = json.loads(line.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A timestamp (ISO 8601 text or epoch seconds) as a datetime, or None when absent or unparseable."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return _DATETIME.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def jsonl_records(path: Path, format_name: str, log: IngestLog) -> Iterator[tuple[Provenance, dict[str, Any]]]:
