@@ -18,14 +18,15 @@ FailureKind = Literal["unknown_tool", "permission_denied", "edit_rejected", "tes
 PATTERNS: tuple[tuple[FailureKind, re.Pattern[str]], ...] = (
     ("unknown_tool", re.compile(r"no such tool|unknown tool|tool .{0,60}(not found|does not exist|is not available)"
                                 r"|command not found", re.I)),
-    ("permission_denied", re.compile(r"permission (denied|to use)|not permitted|user (doesn't|does not) want",
-                                     re.I)),
+    ("permission_denied", re.compile(r"permission (denied|to use)|not permitted|user (doesn't|does not) want"
+                                     r"|requested permissions? to", re.I)),
     ("edit_rejected", re.compile(r"did not conform to the edit format|failed to match|edit .{0,40}rejected"
                                  r"|proposed edit has introduced|old_string .{0,40}not found|string to replace "
                                  r"(was )?not found", re.I)),
     ("test_failure", re.compile(r"^FAILED |\b\d+ failed\b|AssertionError|^E\s{3}|FAIL: test", re.M)),
 )
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+TAG = re.compile(r"</?[A-Za-z_][\w-]*>")
 DETAIL_CHARS = 400
 
 
@@ -67,16 +68,23 @@ def classify(message: Message) -> Failure | None:
 
 
 def _detail(output: str, position: int) -> str:
-    """The line at `position` and the next one, trimmed."""
+    """The line at `position`, without markup tags, trimmed."""
     start = output.rfind("\n", 0, position) + 1
-    lines = output[start:].strip().splitlines()[:2]
-    return " | ".join(line.strip() for line in lines)[:DETAIL_CHARS]
+    end = output.find("\n", position)
+    return _clean(output[start:] if end == -1 else output[start:end])[:DETAIL_CHARS]
+
+
+def _clean(line: str) -> str:
+    return TAG.sub("", line).strip()
 
 
 def _last_error_line(output: str) -> int:
-    """Position of the last line that names an error (a traceback's final line), else of the text's start."""
+    """Position of the last line naming an error (a traceback's final line), else of the last line with text."""
     matches = list(re.finditer(r"^\s*\w*(Error|Exception)\b.*$", output, re.M))
-    return matches[-1].start() if matches else 0
+    if matches:
+        return matches[-1].start()
+    lines = [match for match in re.finditer(r"^.*$", output, re.M) if _clean(match.group())]
+    return lines[-1].start() if lines else 0
 
 
 def issuer(trace: Trace, tool_index: int) -> int | None:
