@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shared_data import TRACES
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 SERVER = Path(__file__).with_name("openai_server.py")
 pytestmark = pytest.mark.skipif(not TRACES.is_dir(), reason=f"the shared trace samples are not at {TRACES}")
 

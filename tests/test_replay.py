@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from openai_server import answer
+from shared_data import TRACES
 
 from composer_core.errors import ConfigError, SpendCapReached, TeacherError
 from composer_core.preference_pairs import (
@@ -47,8 +48,8 @@ from composer_core.traces.formats import parse_arguments
 from composer_core.traces.openai_messages import chat_message as ingest_message
 
 SERVER = Path(__file__).with_name("openai_server.py")
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 SWE_AGENT = TRACES / "swe_agent" / "SWE-agent__SWE-agent__6e44b9__sweagenttestrepo-1c2844.traj"
+pytestmark = pytest.mark.skipif(not SWE_AGENT.is_file(), reason=f"shared trace samples not found at {TRACES}")
 TINY_MODELS = Path(__file__).resolve().parents[1] / "integration_tests" / "tiny_models.py"
 TEACHERS = ("teacher-a", "teacher-b", "teacher-c")  # on the trace's 4 steps: 2 / 1 / 1 / 3 distinct actions
 

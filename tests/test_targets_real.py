@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from shared_data import TRACES
 
 from composer_core.hints import HintRequest, rule_hints
 from composer_core.targets import TargetReport, build_targets
@@ -13,7 +12,6 @@ from composer_core.traces.failures import find_error_turns
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import ingest
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 pytestmark = pytest.mark.skipif(not TRACES.is_dir(), reason=f"the shared trace samples are not at {TRACES}")
 
 

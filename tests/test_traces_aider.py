@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import TRACES
 from trace_fuzz import read_text
 
 from composer_core.plugins import registries
@@ -16,7 +17,6 @@ from composer_core.traces import aider
 from composer_core.traces.contracts import Message, Trace
 from composer_core.traces.formats import IngestLog
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 HISTORY = TRACES / "aider" / "Aider-AI__aider__chat-history.md"
 CLINE_FIXTURES = Path(__file__).resolve().parent / "data" / "traces" / "cline"
 STEM = HISTORY.stem

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from shared_data import TRACES
 from trace_fuzz import json_lines, read_text, samples
 
 from composer_core.traces import claude_code
@@ -15,7 +16,6 @@ from composer_core.traces.contracts import Trace
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import detect_format, ingest
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 FOLDER = TRACES / "claude_code"
 DENIAL = FOLDER / "d-kimuson__claude-code-viewer__1af7fc5e-8455-4414-9ccd-011d40f70b2a.jsonl"
 ERRORS = FOLDER / "d-kimuson__claude-code-viewer__5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"

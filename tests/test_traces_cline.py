@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import TRACES
 from trace_fuzz import read_text, records
 
 from composer_core.plugins import registries
@@ -23,7 +24,6 @@ from composer_core.traces.ingest import ingest
 FIXTURES = Path(__file__).resolve().parent / "data" / "traces" / "cline"
 NATIVE = FIXTURES / "synthetic_native_api_conversation_history.json"
 XML = FIXTURES / "synthetic_xml_api_conversation_history.json"
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 
 
 def accounted(log: IngestLog) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from shared_data import TRACES
 from trace_fuzz import json_lines, read_text, samples
 
 from composer_core.traces import codex
@@ -15,7 +16,6 @@ from composer_core.traces.contracts import Trace
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import detect_format
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 FOLDER = TRACES / "codex"
 V077 = FOLDER / "simonw__claude-code-transcripts__sample_codex_session.v0.77.jsonl"
 EXEC = FOLDER / "kvsankar__agent-history__real_sessions_codex_session-01.jsonl"

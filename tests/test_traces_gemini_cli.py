@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import TRACES
 from trace_fuzz import json_lines, read_text, records, samples
 
 from composer_core.traces import gemini_cli
@@ -16,7 +17,6 @@ from composer_core.traces.contracts import Trace
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import detect_format
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 FOLDER = TRACES / "gemini_cli"
 SESSION = FOLDER / "jazzyalex__agent-sessions__large.HAND-ASSEMBLED.json"
 LOG = FOLDER / "jazzyalex__agent-sessions__jsonl_v040.HAND-ASSEMBLED.jsonl"

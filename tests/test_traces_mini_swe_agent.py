@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared_data import TRACES
 
 from composer_core.traces import mini_swe_agent
 from composer_core.traces.contracts import Trace
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import expand
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 V1 = TRACES / "mini_swe_agent" / "SWE-agent__mini-swe-agent__test_output.v1.13.4.json"
 LEGACY = TRACES / "mini_swe_agent" / "SWE-agent__mini-swe-agent__github_issue.traj.json"
 

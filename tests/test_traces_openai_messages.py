@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import TRACES
 
 from composer_core.traces import openai_messages
 from composer_core.traces.formats import IngestLog
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 SWE_V1 = TRACES / "swe_agent" / "SWE-agent__SWE-agent__6e44b9__sweagenttestrepo-1c2844.traj"
 pytestmark = pytest.mark.skipif(not SWE_V1.is_file(), reason=f"shared trace samples not found at {TRACES}")
 

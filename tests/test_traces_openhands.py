@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from shared_data import TRACES
 
 from composer_core.traces import openhands
 from composer_core.traces.contracts import Trace
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import expand, ingest
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 GUI = TRACES / "openhands" / "All-Hands-AI__OpenHands__basic_gui_mode.json"
 RENAME = TRACES / "openhands" / "All-Hands-AI__OpenHands__wrong_initial_state.json"
 SDK = TRACES / "openhands" / "OpenHands__software-agent-sdk__conversation_cd94562403b9487ebdd4018e3f531dfd"

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import TRACES
 
 from composer_core.traces import swe_agent
 from composer_core.traces.contracts import Trace
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import expand
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 PYDICOM = TRACES / "swe_agent" / "SWE-agent__SWE-agent__pydicom__pydicom-1458.traj"
 V1 = TRACES / "swe_agent" / "SWE-agent__SWE-agent__6e44b9__sweagenttestrepo-1c2844.traj"
 
