@@ -177,12 +177,42 @@ class PreferenceConfig(StrictModel):
         return registries().preference_losses.get(self.loss)
 
 
+class ModelConfig(StrictModel):
+    path: str | None = Field(None, description="a local model folder; None: the backend's embedded default")
+
+
+class DataConfig(StrictModel):
+    task: Literal["arithmetic"] = Field("arithmetic", description="the built-in task with a verifiable reward")
+    train_size: int = Field(512, ge=1)
+    eval_size: int = Field(64, ge=1)
+    hints: bool = Field(True, description="give the self-distillation teacher the task's hint")
+    preference_pairs: str | None = Field(None, description="JSONL of preference pairs for channel 3")
+
+
+class RunConfig(StrictModel):
+    """Backend-neutral run settings; each backend maps them onto its own configuration."""
+
+    output_dir: str = "runs/composer"
+    max_steps: int = Field(40, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    prompts_per_step: int = Field(8, ge=1)
+    num_generations: int = Field(4, ge=2, description="samples per prompt (the GRPO group size)")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_completion_length: int = Field(16, ge=1)
+    seed: int = 0
+    save_steps: int = Field(20, ge=1)
+
+
 class ComposerConfig(StrictModel):
-    """The composed loss: channel 1 (policy), 2 (self-distillation), 3 (trace-replay DPO)."""
+    """One experiment: the composed loss (channel 1 policy, 2 self-distillation, 3 trace-replay DPO), the
+    model, the data and the run; `--backend` says where it runs."""
 
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ComposerConfig:

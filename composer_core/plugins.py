@@ -56,6 +56,10 @@ class HookSpecs:
     def register_hint_providers(self, register: Register) -> None:
         """Register hint providers for self-distillation targets: `register(HintProvider(...))`."""
 
+    @hookspec
+    def register_backends(self, register: Register) -> None:
+        """Register training backends: `register(Backend(...))`."""
+
 
 @dataclass(frozen=True)
 class Registered(Generic[T]):
@@ -114,6 +118,7 @@ class Registries:
     preference_losses: Registry[Any]
     trace_formats: Registry[Any]
     hint_providers: Registry[Any]
+    backends: Registry[Any]
 
     def all(self) -> dict[str, Registry[Any]]:
         return {attribute: getattr(self, attribute) for attribute in HOOK_REGISTRIES.values()}
@@ -186,6 +191,7 @@ HOOK_REGISTRIES = {
     "register_preference_losses": "preference_losses",
     "register_trace_formats": "trace_formats",
     "register_hint_providers": "hint_providers",
+    "register_backends": "backends",
 }
 
 
@@ -216,7 +222,8 @@ def _check_hooks(manager: pluggy.PluginManager) -> None:
 def collect(manager: pluggy.PluginManager, sources: dict[str, str]) -> Registries:
     """Call every plugin's hooks with a `register` callback bound to that plugin's name."""
     registries = Registries(Registry("objective"), Registry("advantage estimator"), Registry("divergence"),
-                            Registry("preference loss"), Registry("trace format"), Registry("hint provider"))
+                            Registry("preference loss"), Registry("trace format"), Registry("hint provider"),
+                            Registry("backend"))
     for hook_name, attribute in HOOK_REGISTRIES.items():
         registry = getattr(registries, attribute)
         for impl in getattr(manager.hook, hook_name).get_hookimpls():

@@ -1,0 +1,33 @@
+"""Registers TRL as the `trl` backend of `composer-core train` (through the `composer_core` entry point).
+
+TRL is imported only when a job runs, so composer-core keeps working where the `trl` extra is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from composer_core.backends import Backend
+from composer_core.config import ComposerConfig
+from composer_core.errors import ConfigError
+from composer_core.plugins import Register, hookimpl
+
+
+def _train(config: ComposerConfig, **options: Any) -> dict[str, Any]:
+    try:
+        from composer_trl.run import run_job  # imports TRL
+    except ImportError as error:
+        raise ConfigError(f"the trl backend needs TRL: pip install 'composer-core[trl]' ({error})") from None
+    return run_job(config, **options)
+
+
+def _native_config(config: ComposerConfig) -> str:
+    from composer_trl.run import native_config
+
+    return native_config(config)
+
+
+@hookimpl
+def register_backends(register: Register) -> None:
+    register(Backend("trl", "TRL's GRPOTrainer with the composer loss (the embedded default runs on CPU)",
+                     _train, _native_config))

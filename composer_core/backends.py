@@ -1,0 +1,24 @@
+"""Training backends as plugins: `composer-core train --backend NAME` runs a ComposerConfig on one.
+
+Each adapter registers a `Backend` through the `register_backends` hook (from its entry point), so the
+core never imports a training framework: a backend whose framework is not installed says so when run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from composer_core.config import ComposerConfig
+
+
+@dataclass(frozen=True)
+class Backend:
+    """train(config, **options) runs the job and returns a summary dict; native_config(config) returns the
+    backend's own configuration that the ComposerConfig maps to, as text a user can paste into a job."""
+
+    name: str
+    description: str
+    train: Callable[..., dict[str, Any]]
+    native_config: Callable[[ComposerConfig], str]
