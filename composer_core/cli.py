@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from composer_core.cli_traces import add_traces_commands
+from composer_core.cli_train import add_train_command
 from composer_core.config import ComposerConfig
 from composer_core.errors import ComposerError
 from composer_core.plugins import plugin_sources, registries
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("file", nargs="?", help="config file; omitted: the defaults")
     config.set_defaults(run=config_command)
     add_traces_commands(commands)
+    add_train_command(commands)
     return parser
 
 

@@ -143,6 +143,12 @@ class DistillConfig(StrictModel):
     pointwise_clip: float | None = Field(None, gt=0.0, description="OPSD clips each term at 0.05")
     aggregation: AggregationMode = "token-mean"
     normaliser: Scope = Field("global", description="SDPO reference: local micro-batch count")
+    teacher: Literal["ema", "frozen", "trust-region", "live"] = Field(
+        "ema", description="teacher weights: SDPO ema; OPSD frozen; live diverges in the SDPO paper")
+    teacher_rate: float = Field(0.05, gt=0.0, le=1.0, description="ema / trust-region rate r (SDPO 0.05)")
+    context: dict[str, Any] = Field(default_factory=dict,
+                                    description="teacher-context settings, validated by the backend's builder "
+                                                "(success threshold, templates, truncation; docs/backends/trl.md)")
 
     @field_validator("divergence")
     @classmethod

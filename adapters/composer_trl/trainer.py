@@ -14,13 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from composer_core import ComposerConfig, ComposerLoss, Normaliser, PolicyInputs, compute_advantages
+from composer_core import (
+    ComposerConfig,
+    ComposerLoss,
+    DistillInputs,
+    Normaliser,
+    PolicyInputs,
+    PreferenceBatch,
+    compute_advantages,
+)
+from composer_core.distill import token_log_probs
 from composer_core.errors import ConfigError
 from composer_core.objectives.kl import kl_estimate
 from composer_trl.feedback import FeedbackRecorder
 from composer_trl.grpo_mapping import composer_config_from_grpo, grpo_overrides, trl_normaliser
+from composer_trl.preference_mixer import PreferenceMixer, preference_batch
+from composer_trl.teacher_context import RepromptSettings, TeacherBatch, build_teacher_contexts, tokenize_teacher_batch
+from composer_trl.teacher_weights import TeacherWeights, frozen_copy
 
 UNSUPPORTED_TRL_SETTINGS = {  # TRL features that live inside TRL's own loss, which this trainer replaces
     "top_entropy_quantile": 1.0, "off_policy_mask_threshold": None, "entropy_coef": 0.0,
@@ -39,11 +52,29 @@ class Scoring:
     feedback: list[str | None]
 
 
+class TeacherUpdate(TrainerCallback):
+    """Moves the self-distillation teacher after every optimizer step (only ema moves)."""
+
+    def __init__(self, trainer: ComposerGRPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.trainer
+        assert trainer.teacher is not None
+        trainer.teacher.after_step(trainer.accelerator.unwrap_model(trainer.model))
+
+
 class ComposerGRPOTrainer(GRPOTrainer):
-    """A drop-in GRPOTrainer whose loss is composer-core's three-channel loss."""
+    """A drop-in GRPOTrainer whose loss is composer-core's three-channel loss.
+
+    preference_dataset: preference pairs (TRL's conversational prompt/chosen/rejected columns) mixed into
+    every step when the preference channel is on; the reference is TRL's reference model when beta > 0,
+    the disabled adapter of a PEFT model, else a frozen copy made here.
+    """
 
     def __init__(self, model: Any, reward_funcs: Any = None, args: Any = None, *positional: Any,
-                 composer_config: ComposerConfig | None = None, **kwargs: Any) -> None:
+                 composer_config: ComposerConfig | None = None, preference_dataset: Any = None,
+                 **kwargs: Any) -> None:
         self.feedback = FeedbackRecorder()
         super().__init__(model, self.feedback.wrap(reward_funcs), args, *positional, **kwargs)
         self.explicit_config = composer_config is not None
@@ -54,6 +85,31 @@ class ComposerGRPOTrainer(GRPOTrainer):
         self.composer_config = config
         self.composer_loss = ComposerLoss(config)
         self.scoring: Scoring | None = None
+        self.teacher: TeacherWeights | None = None
+        self.preference: PreferenceMixer | None = None
+        self.preference_reference: Any = None
+        if self.composer_loss.enabled["distill"]:
+            self.reprompt = RepromptSettings(**config.distill.context)
+            student = self.accelerator.unwrap_model(self.model)
+            self.teacher = TeacherWeights.from_config(config.distill.teacher, student, config.distill.teacher_rate,
+                                                      reference=self.ref_model)
+            self.add_callback(TeacherUpdate(self))
+        if self.composer_loss.enabled["preference"]:
+            self._setup_preference(preference_dataset)
+        elif preference_dataset is not None:
+            raise ConfigError("a preference_dataset was given but the preference channel is off (weight or beta 0)")
+
+    def _setup_preference(self, dataset: Any) -> None:
+        if dataset is None:
+            raise ConfigError("the preference channel is on: pass preference_dataset (prompt/chosen/rejected)")
+        pairs_per_step = max(self.args.per_device_train_batch_size // self.num_generations, 1)  # one per prompt
+        self.preference = PreferenceMixer(dataset, self.processing_class, batch_size=pairs_per_step,
+                                          seed=self.args.seed)
+        student = self.accelerator.unwrap_model(self.model)
+        if self.ref_model is not None:
+            self.preference_reference = self.ref_model
+        elif not hasattr(student, "disable_adapter"):
+            self.preference_reference = frozen_copy(student)
 
     def _check_trl_settings(self, config: ComposerConfig) -> None:
         """Refuse TRL settings the composer loss would silently ignore, and a GRPOConfig that disagrees."""
@@ -79,23 +135,57 @@ class ComposerGRPOTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         if self.explicit_config:
             output["advantages"] = self._composer_advantages(output)
+        if self.teacher is not None:
+            output.update(self._teacher_rows(output))
         return output
+
+    def _all_rewards(self) -> torch.Tensor:
+        """The weighted reward of every completion of every process, as TRL sums its reward functions."""
+        assert self.scoring is not None
+        per_func = self.scoring.rewards_per_func
+        return (per_func * self.reward_weights.to(per_func.device)).nansum(dim=1)
+
+    def _local(self, values: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a tensor over every process's completions."""
+        assert self.scoring is not None
+        local = len(self.scoring.prompts)
+        start = self.accelerator.process_index * local
+        return values[start:start + local]
+
+    def _teacher_rows(self, output: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Teacher contexts from the raw chat messages (siblings' solutions, feedback, hints) and the teacher's
+        token rows: its prompt followed by the student's own completion ids."""
+        scoring = self.scoring
+        assert scoring is not None
+        if not isinstance(scoring.prompts[0], list):
+            raise ConfigError("self-distillation needs conversational prompts (lists of chat messages)")
+        completions = [completion[-1]["content"] if isinstance(completion, list) else completion
+                       for completion in scoring.completions]
+        groups = [index // self.num_generations for index in range(len(completions))]
+        hints = [row.get("hint") for row in scoring.inputs]
+        rewards = self._local(self._all_rewards()).tolist()
+        contexts = build_teacher_contexts(scoring.prompts, completions, groups, rewards, scoring.feedback, hints,
+                                          self.reprompt)
+        mode = "train" if self.model.training else "eval"
+        for name, value in contexts.counts.metrics(prefix="composer/teacher/").items():
+            self._metrics[mode][name].append(value)
+        batch = tokenize_teacher_batch(self.processing_class, scoring.prompts, contexts.contexts,
+                                       output["completion_ids"], output["completion_mask"], self.reprompt,
+                                       self.chat_template_kwargs)
+        return {"teacher_input_ids": batch.input_ids, "teacher_attention_mask": batch.attention_mask,
+                "sd_mask": batch.sd_mask * self._loss_mask(output)}
 
     def _composer_advantages(self, output: dict[str, Any]) -> torch.Tensor:
         """Advantages from the composer estimator over the rewards of every process (groups are consecutive
         runs of num_generations), with the KL penalty in the reward when configured; this process's slice."""
         assert self.scoring is not None
         policy = self.composer_config.policy
-        rewards = (self.scoring.rewards_per_func * self.reward_weights.to(self.scoring.rewards_per_func.device)
-                   ).nansum(dim=1)
+        rewards = self._all_rewards()
         if policy.kl.coef > 0 and policy.kl.placement == "reward":
             rewards = rewards - self.accelerator.gather(self._sequence_kl(output))
         groups = torch.arange(rewards.shape[0], device=rewards.device) // self.num_generations
         one_token = torch.ones(rewards.shape[0], 1, dtype=torch.bool, device=rewards.device)
-        advantages = compute_advantages(policy, rewards, one_token, groups)[:, 0]
-        local = len(self.scoring.prompts)
-        start = self.accelerator.process_index * local
-        return advantages[start:start + local]
+        return self._local(compute_advantages(policy, rewards, one_token, groups)[:, 0])
 
     def _sequence_kl(self, output: dict[str, Any]) -> torch.Tensor:
         """coef * sum_t KL_t(behaviour || reference) per local sequence, for KL in the reward."""
@@ -134,14 +224,47 @@ class ComposerGRPOTrainer(GRPOTrainer):
                               steps_per_generation=self.args.steps_per_generation,
                               max_completion_length=self.max_completion_length, training=training)
 
+    def _student_logits(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """The policy's raw logits (B, T, vocab) predicting each completion token."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        width = inputs["completion_ids"].size(1)
+        output = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=width + 1, use_cache=False)
+        return output.logits[:, :-1]
+
+    def _distill_inputs(self, model: Any, inputs: dict[str, Any], student_logits: torch.Tensor) -> DistillInputs:
+        assert self.teacher is not None
+        completion_ids = inputs["completion_ids"]
+        batch = TeacherBatch(inputs["teacher_input_ids"], inputs["teacher_attention_mask"], inputs["sd_mask"],
+                             inputs["teacher_input_ids"].size(1) - completion_ids.size(1))
+        teacher_logits = self.teacher.teacher_logits(self.accelerator.unwrap_model(model), batch.completion_logits)
+        return DistillInputs(student_logits, teacher_logits, inputs["sd_mask"], response_mask=self._loss_mask(inputs),
+                             token_ids=completion_ids, old_log_prob=inputs.get("old_per_token_logps"))
+
+    def _preference_batch(self, model: Any) -> PreferenceBatch:
+        assert self.preference is not None
+        tokens = self.preference.next_batch(self.accelerator.device)
+        return preference_batch(model, tokens, ref_model=self.preference_reference, temperature=self.temperature)
+
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         mode = "train" if self.model.training else "eval"
-        advantages = inputs["advantages"]
-        policy = PolicyInputs(self._completion_log_probs(model, inputs), advantages, self._loss_mask(inputs),
-                              old_log_prob=inputs.get("old_per_token_logps"),
-                              ref_log_prob=inputs.get("ref_per_token_logps"),
-                              rollout_weights=inputs.get("importance_sampling_ratio"))
-        output = self.composer_loss(policy=policy, normaliser=self._normaliser(inputs))
+        distill = None
+        if self.teacher is not None:
+            student_logits = self._student_logits(model, inputs)
+            log_probs = token_log_probs(student_logits / self.temperature, inputs["completion_ids"])
+            distill = self._distill_inputs(model, inputs, student_logits)
+        else:
+            log_probs = self._completion_log_probs(model, inputs)
+        policy = None
+        if self.composer_loss.enabled["policy"]:
+            policy = PolicyInputs(log_probs, inputs["advantages"], self._loss_mask(inputs),
+                                  old_log_prob=inputs.get("old_per_token_logps"),
+                                  ref_log_prob=inputs.get("ref_per_token_logps"),
+                                  rollout_weights=inputs.get("importance_sampling_ratio"))
+        preference = self._preference_batch(model) if self.preference is not None else None
+        scale = 1.0 / (self.current_gradient_accumulation_steps if self.model.training else 1)
+        output = self.composer_loss(policy=policy, distill=distill, preference=preference,
+                                    normaliser=self._normaliser(inputs), distill_normaliser=Normaliser(scale=scale))
         for name, value in output.metrics.items():
             self._metrics[mode][f"composer/{name}"].append(value)
         return output.loss
