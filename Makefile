@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # pip warns once per package about a find-links folder of this machine that does not exist
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: test unit integration lint bench setup clean
+.PHONY: demo test unit integration lint bench setup clean
 
 setup: $(SETUP_STAMP)
 
@@ -21,6 +21,9 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e ".[dev,verl,trl]" 2>&1 | $(QUIET)
 	$(BIN)/python -c "import composer_core, verl, trl, pytest, hypothesis"
 	touch $(SETUP_STAMP)
+
+demo: setup
+	$(BIN)/composer-core train
 
 test: setup lint
 	$(BIN)/python -m pytest -n 2 --durations=10
