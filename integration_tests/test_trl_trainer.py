@@ -107,20 +107,26 @@ def test_trl_settings_the_composer_loss_would_ignore_are_refused(tiny_model_dir:
         train(ComposerGRPOTrainer, tiny_model_dir, tiny_tokenizer, tmp_path, {"loss_type": "vespo"})
 
 
-def test_bad_reward_functions_are_named(tiny_model_dir: Path, tiny_tokenizer: PreTrainedTokenizerBase,
-                                        tmp_path: Path) -> None:
+def test_bad_rewards_and_data_stop_before_any_step(tiny_model_dir: Path, tiny_tokenizer: PreTrainedTokenizerBase,
+                                                   tmp_path: Path) -> None:
     def broken(completions: list[Any], **kwargs: Any) -> list[float]:
         raise KeyError("answer")
 
     def not_a_number(completions: list[Any], **kwargs: Any) -> list[float]:
         return [float("nan")] * len(completions)
 
-    for reward, message in ((broken, "reward function 'broken' raised KeyError"),
-                            (not_a_number, "reward function 'not_a_number' returned nan")):
+    def too_few(completions: list[Any], **kwargs: Any) -> list[float]:
+        return [0.0]
+
+    prompts = [[{"role": "user", "content": "two plus two"}]] * 4
+    cases = ((broken, {"prompt": prompts}, "reward function 'broken' raised KeyError"),
+             (not_a_number, {"prompt": prompts}, "reward function 'not_a_number' returned nan"),
+             (too_few, {"prompt": prompts}, "reward function 'too_few' returned 1 rewards for 2 completions"),
+             (count_reward, {"question": prompts}, "no 'prompt' column; columns: \\['question'\\]"))
+    for reward, columns, message in cases:
         args = GRPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none",
                           max_completion_length=4, num_generations=4, per_device_train_batch_size=4, max_steps=1)
-        dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": "two plus two"}]] * 4})
-        trainer = ComposerGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
-                                      reward_funcs=reward, train_dataset=dataset, processing_class=tiny_tokenizer)
         with pytest.raises(ConfigError, match=message):
-            trainer.train()
+            ComposerGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
+                                reward_funcs=reward, train_dataset=Dataset.from_dict(columns),
+                                processing_class=tiny_tokenizer)

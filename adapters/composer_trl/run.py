@@ -19,6 +19,7 @@ from trl import GRPOConfig
 
 from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
+from composer_core.preference_pairs import pairs_to_dataset, read_pairs_jsonl
 from composer_core.tasks import arithmetic
 from composer_trl.defaults import EMBEDDED_MODEL
 from composer_trl.plots import plot_metrics
@@ -105,10 +106,12 @@ def run_job(config: ComposerConfig, *, output_dir: str | None = None) -> dict[st
     before = eval_reward(model, tokenizer, eval_problems, max_tokens)
     print(f"eval reward before training: {before:.2f} on {len(eval_problems)} held-out prompts", file=sys.stderr)
     metrics = out / "metrics.jsonl"
+    pairs = config.data.preference_pairs
     trainer = ComposerGRPOTrainer(model=model, reward_funcs=arithmetic.reward_function(with_feedback=True),
                                   args=GRPOConfig(**grpo_settings(config, str(out / "checkpoints"))),
                                   train_dataset=task_dataset(config, config.data.train_size, "train"),
                                   processing_class=tokenizer, composer_config=config,
+                                  preference_dataset=pairs_to_dataset(read_pairs_jsonl(pairs)) if pairs else None,
                                   callbacks=[MetricsFile(metrics)])
     interrupted = False
     try:

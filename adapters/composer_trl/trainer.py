@@ -84,6 +84,7 @@ class ComposerGRPOTrainer(GRPOTrainer):
             config = config.model_copy(update={"policy": config.policy.model_copy(update={"allow_empty_rows": True})})
         self.composer_config = config
         self.composer_loss = ComposerLoss(config)
+        self._preflight_rewards()
         self.scoring: Scoring | None = None
         self.teacher: TeacherWeights | None = None
         self.preference: PreferenceMixer | None = None
@@ -98,6 +99,30 @@ class ComposerGRPOTrainer(GRPOTrainer):
             self._setup_preference(preference_dataset)
         elif preference_dataset is not None:
             raise ConfigError("a preference_dataset was given but the preference channel is off (weight or beta 0)")
+
+    def _preflight_rewards(self) -> None:
+        """Score two dataset rows with placeholder completions before any step: a reward function that raises,
+        returns the wrong number of rewards or NaN, or a data set without a `prompt` column stops here."""
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "column_names"):
+            return
+        if "prompt" not in dataset.column_names:
+            raise ConfigError(f"the training data set has no 'prompt' column; columns: {dataset.column_names}")
+        rows = [dataset[index] for index in range(min(2, len(dataset)))]
+        prompts = [row["prompt"] for row in rows]
+        conversational = isinstance(prompts[0], list)
+        completions = [[{"role": "assistant", "content": ""}] if conversational else "" for _ in rows]
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
+            if not callable(func) or hasattr(func, "forward"):
+                continue
+            self.feedback.reset(len(rows))
+            rewards = func(prompts=prompts, completions=completions, completion_ids=[[] for _ in rows],
+                           trainer_state=self.state, log_extra=lambda *a, **k: None, log_metric=lambda *a, **k: None,
+                           **columns)
+            if len(rewards) != len(rows):
+                raise ConfigError(f"reward function {name!r} returned {len(rewards)} rewards for {len(rows)} "
+                                  "completions; it must return one per completion")
 
     def _setup_preference(self, dataset: Any) -> None:
         if dataset is None:
