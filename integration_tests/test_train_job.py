@@ -58,11 +58,10 @@ def test_print_backend_config_maps_onto_grpo_config(tmp_path: Path) -> None:
 
 def test_unknown_objective_stops_before_any_step(tmp_path: Path) -> None:
     config = write_config(tmp_path, policy={"objective": {"name": "grpoo"}})
-    started = time.monotonic()
     result = train("--config", str(config), "--output-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "unknown objective 'grpoo'" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists() and time.monotonic() - started < 60
+    assert not (tmp_path / "run").exists()  # nothing was started
 
 
 def test_ctrl_c_leaves_a_usable_checkpoint(tmp_path: Path) -> None:
