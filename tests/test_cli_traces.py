@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from shared_data import TRACES
 
-SERVER = Path(__file__).with_name("openai_server.py")
 pytestmark = pytest.mark.skipif(not TRACES.is_dir(), reason=f"the shared trace samples are not at {TRACES}")
 
 
@@ -67,17 +65,6 @@ def test_stats_and_targets(ingested: tuple[Path, dict], tmp_path: Path) -> None:
         assert "nothing left to train on" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    process = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        yield f"http://127.0.0.1:{int(process.stdout.readline())}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def test_replay_writes_pairs_and_a_dataset_and_never_pays_twice(ingested: tuple[Path, dict], server: str,
                                                                 tmp_path: Path) -> None:
     traces, _ = ingested
@@ -85,7 +72,7 @@ def test_replay_writes_pairs_and_a_dataset_and_never_pays_twice(ingested: tuple[
     swe.write_text("".join(line + "\n" for line in traces.read_text().splitlines()
                            if json.loads(line)["format"] in ("swe_agent", "mini_swe_agent")))
     teachers = tmp_path / "teachers.yaml"
-    teachers.write_text("".join(f"- {{name: {name}, base_url: '{server}', model: {name}, max_retries: 1, "
+    teachers.write_text("".join(f"- {{name: {name}, base_url: '{server}/v1', model: {name}, max_retries: 1, "
                                 f"input_usd_per_mtok: 1.0, output_usd_per_mtok: 2.0}}\n"
                                 for name in ("teacher-a", "teacher-b", "teacher-c")))
     pairs = tmp_path / "pairs.jsonl"

@@ -11,10 +11,7 @@ import asyncio
 import importlib.util
 import json
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +44,6 @@ from composer_core.traces.contracts import Message, Provenance, ToolCall, Trace
 from composer_core.traces.formats import parse_arguments
 from composer_core.traces.openai_messages import chat_message as ingest_message
 
-SERVER = Path(__file__).with_name("openai_server.py")
 SWE_AGENT = TRACES / "swe_agent" / "SWE-agent__SWE-agent__6e44b9__sweagenttestrepo-1c2844.traj"
 pytestmark = pytest.mark.skipif(not SWE_AGENT.is_file(), reason=f"shared trace samples not found at {TRACES}")
 TINY_MODELS = Path(__file__).resolve().parents[1] / "integration_tests" / "tiny_models.py"
@@ -88,17 +84,6 @@ class Api:
 
     def teachers(self, **options: Any) -> list[OpenAICompatibleTeacher]:
         return [self.teacher(model, **options) for model in TEACHERS]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    process = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        yield f"http://127.0.0.1:{int(process.stdout.readline())}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
