@@ -113,9 +113,10 @@ def parse_time(value: Any) -> datetime | None:
         return None
 
 
-def jsonl_records(path: Path, format_name: str, log: IngestLog) -> Iterator[tuple[Provenance, dict[str, Any]]]:
-    """Stream the objects of a JSONL file with their provenance; malformed or non-object lines (a truncated
-    last line included) are rejected with their line number, never raised."""
+def jsonl_records(path: Path, format_name: str, log: IngestLog, *,
+                  allow_arrays: bool = False) -> Iterator[tuple[Provenance, Any]]:
+    """Stream the objects (and, with allow_arrays, the arrays) of a JSONL file with their provenance; malformed
+    lines and other values (a truncated last line included) are rejected with their line number, never raised."""
     with path.open(encoding="utf-8", errors="replace") as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
@@ -127,7 +128,7 @@ def jsonl_records(path: Path, format_name: str, log: IngestLog) -> Iterator[tupl
             except json.JSONDecodeError as error:
                 log.reject_at(where, f"malformed JSON: {error.msg} at column {error.colno}", line)
                 continue
-            if not isinstance(value, dict):
+            if not (isinstance(value, dict) or (allow_arrays and isinstance(value, list))):
                 log.reject_at(where, f"not a JSON object: a {type(value).__name__}", line)
                 continue
             yield where, value

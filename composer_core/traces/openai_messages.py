@@ -4,14 +4,13 @@ one message is shared from here."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from composer_core.plugins import Register, hookimpl
 from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolResult, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat, first_json_line, head, parse_arguments
+from composer_core.traces.formats import IngestLog, TraceFormat, first_json_line, head, jsonl_records, parse_arguments
 
 NAME = "openai_messages"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -59,27 +58,17 @@ def detect(path: Path) -> bool:
 
 
 def read(path: Path, log: IngestLog) -> Iterator[Trace]:
-    with path.open(encoding="utf-8", errors="replace") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            log.record()
-            where = Provenance(format=NAME, file=str(path), line=number)
-            trace = _session(line, where, log)
-            if trace is not None:
-                log.use()
-                yield trace
+    for where, value in jsonl_records(path, NAME, log, allow_arrays=True):
+        trace = _session(value, where, log)
+        if trace is not None:
+            log.use()
+            yield trace
 
 
-def _session(line: str, where: Provenance, log: IngestLog) -> Trace | None:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as error:
-        log.reject_at(where, f"malformed JSON: {error.msg}", line)
-        return None
+def _session(value: dict[str, Any] | list[Any], where: Provenance, log: IngestLog) -> Trace | None:
     session = {"messages": value} if isinstance(value, list) else value
-    if not isinstance(session, dict) or not isinstance(session.get("messages"), list):
-        log.reject_at(where, "expected a list of messages or an object with 'messages'", line)
+    if not isinstance(session.get("messages"), list):
+        log.reject_at(where, "expected a list of messages or an object with 'messages'", value)
         return None
     messages = []
     for index, raw in enumerate(session["messages"]):
