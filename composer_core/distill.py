@@ -92,7 +92,11 @@ def support_log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         raise ConfigError(f"top_k must be in [1, vocabulary size {student.shape[-1]}], got {top_k}")
     chooser = student if support == "student_topk" else teacher
     indices = chooser.topk(top_k, dim=-1).indices
-    student, teacher = student.gather(-1, indices), teacher.gather(-1, indices)
+    return with_tail(student.gather(-1, indices), teacher.gather(-1, indices), tail)
+
+
+def with_tail(student: torch.Tensor, teacher: torch.Tensor, tail: Tail) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K log-probs completed by a tail bucket, or renormalised over the K entries."""
     if tail == "bucket":
         return add_tail_bucket(student), add_tail_bucket(teacher)
     if tail == "renormalise":
@@ -143,6 +147,51 @@ def distill_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if pointwise_clip is not None:
         terms = terms.clamp(max=pointwise_clip)
     return terms.sum(-1)
+
+
+def distill_per_token_from_teacher_topk(student_logits: torch.Tensor, teacher_ids: torch.Tensor,
+                                         teacher_log_probs: torch.Tensor, *, support: Support = "teacher_topk",
+                                         alpha: float = 0.5, tail: Tail = "bucket", temperature: float = 1.0,
+                                         pointwise_clip: float | None = None,
+                                         divergence: Divergence | None = None) -> torch.Tensor:
+    """`distill_per_token` when the teacher arrives as top-K tensors computed earlier (a separate forward).
+
+    teacher_ids / teacher_log_probs (..., K): the teacher's top-K token ids and their log-probs at the same
+    temperature. With support "teacher_topk" this equals `distill_per_token(support="teacher_topk")` on the
+    full teacher logits; with "sampled_token", K is 1 and the ids are the sampled tokens.
+    """
+    check_float("student_logits", student_logits)
+    check_float("teacher_log_probs", teacher_log_probs)
+    if teacher_ids.shape != teacher_log_probs.shape or teacher_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise BatchError(f"teacher_ids {tuple(teacher_ids.shape)} and teacher_log_probs "
+                         f"{tuple(teacher_log_probs.shape)} must both be {tuple(student_logits.shape[:-1])} + (K,)")
+    if temperature <= 0:
+        raise ConfigError(f"distillation temperature must be positive, got {temperature}")
+    if temperature != 1.0:
+        student_logits = student_logits / temperature
+    teacher = teacher_log_probs.detach()
+    if support == "sampled_token":
+        if teacher_ids.shape[-1] != 1:
+            raise BatchError(f"the sampled_token support takes the teacher's log-prob of the sampled token only "
+                             f"(K = 1), got K = {teacher_ids.shape[-1]}")
+        log_p = token_log_probs(student_logits, teacher_ids[..., 0])
+        return (log_p - teacher[..., 0]).detach() * log_p
+    if support != "teacher_topk":
+        raise ConfigError(f"support {support!r} needs the teacher's full logits at training time; with a "
+                          "precomputed teacher choose teacher_topk or sampled_token")
+    student, teacher = with_tail(torch.log_softmax(student_logits, dim=-1).gather(-1, teacher_ids), teacher, tail)
+    terms = (divergence.pointwise if divergence else generalized_jsd_terms)(student, teacher, alpha)
+    if pointwise_clip is not None:
+        terms = terms.clamp(max=pointwise_clip)
+    return terms.sum(-1)
+
+
+def teacher_topk(teacher_logits: torch.Tensor, top_k: int, temperature: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's top-K token ids and log-probs at `temperature`: what a separate teacher pass ships."""
+    log_probs = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    values, ids = log_probs.topk(top_k, dim=-1)
+    return ids, values
 
 
 def distill_per_token_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,

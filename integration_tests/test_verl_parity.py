@@ -18,7 +18,7 @@ import torch
 
 from composer_core import BatchError, ComposerConfig, ComposerLoss, PolicyConfig, PolicyInputs, compute_advantages
 from composer_core import registries as composer_registries
-from composer_core.objectives import AGGREGATION_MODES, Normaliser, PolicyBatch, aggregate, make_inputs
+from composer_core.objectives import AGGREGATION_MODES, PolicyBatch, aggregate, make_inputs
 from composer_core.objectives.aggregation import masked_mean
 from composer_core.objectives.kl import kl_estimate, kl_penalised_rewards
 
@@ -27,58 +27,30 @@ core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
 verl_actor = pytest.importorskip("verl.workers.config.actor")
 verl_algorithm = pytest.importorskip("verl.trainer.config")
 
-pytestmark = pytest.mark.backend("verl")
+from verl_batches import (  # noqa: E402 - after the importorskip of verl
+    DTYPE,
+    METRIC_NAMES,
+    TOL,
+    Batch,
+    GlobalInfo,
+    Outcome,
+    Rollouts,
+    actor_config,
+    assert_parity,
+    make_batch,
+    make_rollouts,
+    outcome,
+    verl_actor_loss,
+)
 
-DTYPE = torch.float64
-TOL = {"rtol": 1e-6, "atol": 1e-10}
-# verl metric -> our per-token stat (both masked means over the response tokens)
-METRIC_NAMES = {"actor/pg_clipfrac": "clipfrac", "actor/ppo_kl": "approx_kl",
-                "actor/pg_clipfrac_lower": "clipfrac_lower"}
-PROMPT_LENGTH = 2  # prompt positions before the response in the flattened model output of `verl_actor_loss`
+pytestmark = pytest.mark.backend("verl")
+SINGLE_RANK = GlobalInfo()  # one rank, counts taken from the batch
+
 
 
 # ---------------------------------------------------------------- inputs and calls
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Padded (rows, length) policy inputs as verl's actor hands them to a loss; mask is bool."""
-
-    log_prob: torch.Tensor
-    old_log_prob: torch.Tensor
-    advantages: torch.Tensor
-    mask: torch.Tensor
-
-    def split(self, parts: int) -> list[Batch]:
-        """Row chunks (micro-batches or data-parallel shards)."""
-        pieces = zip(*(t.tensor_split(parts) for t in dataclasses.astuple(self)), strict=True)
-        return [Batch(*piece) for piece in pieces]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A loss value, its gradient with respect to log_prob, and the reported metrics."""
-
-    loss: torch.Tensor
-    grad: torch.Tensor
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class GlobalInfo:
-    """verl's `global_batch_info`, and the Normaliser that must aggregate exactly like it."""
-
-    dp_size: int = 1
-    batch_num_tokens: int | None = None
-    global_batch_size: int | None = None
-    loss_scale_factor: int | None = None
-
-    def verl(self) -> dict[str, int | None]:
-        return dataclasses.asdict(self)
-
-    def normaliser(self) -> Normaliser:
-        return Normaliser(num_tokens=self.batch_num_tokens, num_sequences=self.global_batch_size,
-                          max_length=self.loss_scale_factor, scale=self.dp_size)
 
 
 @dataclass(frozen=True)
@@ -114,32 +86,9 @@ PAIR_MODES = [pytest.param(name, mode, id=f"{name}-{mode}")
               for name, pair in PAIRS.items() for mode in pair.aggregations]
 
 
-def make_batch(seed: int, rows: int = 8, length: int = 12, spread: float = 0.7) -> Batch:
-    """Ragged random batch: row lengths in 1..length (row 0 full), token advantages of both signs, and
-    log-ratios ~ N(0, spread) so both clip sides and the dual clip (ratio > c) are reached."""
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, length + 1, (rows,), generator=gen)
-    lengths[0] = length
-    mask = torch.arange(length) < lengths.unsqueeze(-1)
-    old = -3 * torch.rand(rows, length, generator=gen, dtype=DTYPE) - 0.05
-    log_prob = old + spread * torch.randn(rows, length, generator=gen, dtype=DTYPE)
-    advantages = torch.where(mask, 1.5 * torch.randn(rows, length, generator=gen, dtype=DTYPE), 0.0)
-    return Batch(log_prob, old, advantages, mask)
 
 
-def actor_config(loss_mode: str, aggregation: str = "token-mean", **overrides: Any) -> Any:
-    """A real verl ActorConfig as verl's CPU tests build one (rollout_n and a micro-batch size are required)."""
-    settings = {"strategy": "fsdp", "rollout_n": 4, "ppo_micro_batch_size_per_gpu": 1, "loss_agg_mode": aggregation,
-                "policy_loss": verl_actor.PolicyLossConfig(loss_mode=loss_mode), **overrides}
-    return verl_actor.ActorConfig(**settings)
-
-
-def outcome(loss: torch.Tensor, leaf: torch.Tensor, metrics: dict[str, float]) -> Outcome:
-    (grad,) = torch.autograd.grad(loss, leaf)
-    return Outcome(loss.detach(), grad, metrics)
-
-
-def verl_policy_loss(batch: Batch, pair: Pair, aggregation: str, info: GlobalInfo = GlobalInfo()) -> Outcome:
+def verl_policy_loss(batch: Batch, pair: Pair, aggregation: str, info: GlobalInfo = SINGLE_RANK) -> Outcome:
     """verl's registered policy loss, called with the actor's keyword contract."""
     config = actor_config(pair.verl_mode, aggregation, global_batch_info=info.verl(), **pair.actor)
     log_prob = batch.log_prob.clone().requires_grad_()
@@ -150,7 +99,7 @@ def verl_policy_loss(batch: Batch, pair: Pair, aggregation: str, info: GlobalInf
     return outcome(loss, log_prob, metrics)
 
 
-def our_policy_loss(batch: Batch, pair: Pair, aggregation: str, info: GlobalInfo = GlobalInfo()) -> Outcome:
+def our_policy_loss(batch: Batch, pair: Pair, aggregation: str, info: GlobalInfo = SINGLE_RANK) -> Outcome:
     """Our objective's per-token loss, aggregated with the Normaliser equivalent to verl's global batch info."""
     objective = composer_registries().objectives.get(pair.objective)
     log_prob = batch.log_prob.clone().requires_grad_()
@@ -161,14 +110,6 @@ def our_policy_loss(batch: Batch, pair: Pair, aggregation: str, info: GlobalInfo
     return outcome(loss, log_prob, metrics)
 
 
-def assert_parity(ours: Outcome, theirs: Outcome) -> None:
-    """Same loss, same (non-trivial) gradient, and every verl metric that has a counterpart in our stats."""
-    assert bool(theirs.grad.abs().sum() > 0), "degenerate inputs: verl's gradient is zero everywhere"
-    torch.testing.assert_close(ours.loss, theirs.loss, **TOL)
-    torch.testing.assert_close(ours.grad, theirs.grad, **TOL)
-    for verl_name, our_name in METRIC_NAMES.items():
-        if our_name in ours.metrics:
-            assert ours.metrics[our_name] == pytest.approx(theirs.metrics[verl_name], rel=1e-6, abs=1e-10), our_name
 
 
 # ---------------------------------------------------------------- policy losses
@@ -242,32 +183,6 @@ def test_cispo_default_drops_the_lower_bound() -> None:
 # ---------------------------------------------------------------- the composer path and verl's actor loss
 
 
-def verl_actor_loss(batch: Batch, config: Any, info: GlobalInfo, ref_log_prob: torch.Tensor | None = None
-                    ) -> Outcome:
-    """verl's actor loss (`workers.utils.losses.ppo_loss`): policy loss plus KL loss, global counts from the data.
-
-    The model output is flattened as verl's no-padding engines produce it: per row, the prompt then the response
-    positions, the log-prob of response token j sitting at position PROMPT_LENGTH - 1 + j of that row.
-    """
-    losses = pytest.importorskip("verl.workers.utils.losses")
-    tensordict_utils = pytest.importorskip("verl.utils.tensordict_utils")
-    tensor_dict = pytest.importorskip("tensordict")
-    rows, _ = batch.mask.shape
-    log_prob = batch.log_prob.clone().requires_grad_()
-    lengths = batch.mask.sum(-1).tolist()
-    flat = torch.cat([torch.cat([log_prob.new_zeros(PROMPT_LENGTH - 1), log_prob[i, :n], log_prob.new_zeros(1)])
-                      for i, n in enumerate(lengths)])
-    fields = {"prompts": torch.zeros(rows, PROMPT_LENGTH, dtype=torch.long),
-              "responses": torch.zeros(batch.mask.shape, dtype=torch.long),
-              "attention_mask": torch.cat([torch.ones(rows, PROMPT_LENGTH, dtype=torch.long), batch.mask.long()], 1),
-              "response_mask": batch.mask, "old_log_probs": batch.old_log_prob, "advantages": batch.advantages}
-    if ref_log_prob is not None:
-        fields["ref_log_prob"] = ref_log_prob
-    data = tensor_dict.TensorDict(fields, batch_size=[rows])
-    tensordict_utils.assign_non_tensor(data, dp_size=info.dp_size, batch_num_tokens=info.batch_num_tokens,
-                                       global_batch_size=info.global_batch_size)
-    loss, metrics = losses.ppo_loss(config, {"log_probs": flat}, data)
-    return outcome(loss, log_prob, {name: metrics[name].aggregate() for name in METRIC_NAMES})
 
 
 @dataclass(frozen=True)
@@ -322,34 +237,6 @@ def test_composer_loss_matches_verl_actor_loss(case_name: str) -> None:
 # ---------------------------------------------------------------- advantage estimators
 
 
-@dataclass(frozen=True)
-class Rollouts:
-    """Outcome scores of groups of different sizes, in shuffled order; mask rows may have inner holes
-    (multi-turn observation spans); uids are a numpy object array of strings, as verl's `uid` column."""
-
-    scores: torch.Tensor
-    mask: torch.Tensor
-    uids: np.ndarray
-
-    def token_rewards(self) -> torch.Tensor:
-        """verl's layout: the outcome reward on the last valid response token."""
-        last = self.mask.long().cumsum(-1).argmax(-1)
-        rewards = torch.zeros(self.mask.shape, dtype=DTYPE)
-        rewards[torch.arange(len(last)), last] = self.scores
-        return rewards
-
-
-def make_rollouts(seed: int, group_sizes: tuple[int, ...], length: int = 10) -> Rollouts:
-    """Random rewards per group; the first group has identical rewards (zero std)."""
-    gen = torch.Generator().manual_seed(seed)
-    uids = np.array([f"prompt-{g}" for g, size in enumerate(group_sizes) for _ in range(size)], dtype=object)
-    scores = torch.randn(len(uids), generator=gen, dtype=DTYPE) + torch.randint(0, 2, (len(uids),), generator=gen)
-    scores[: group_sizes[0]] = 0.75
-    order = torch.randperm(len(uids), generator=gen)
-    lengths = torch.randint(1, length + 1, (len(uids),), generator=gen)
-    mask = torch.arange(length) < lengths.unsqueeze(-1)
-    mask[lengths >= 6, 2:4] = False  # an observation span inside longer responses
-    return Rollouts(scores[order], mask[order], uids[order.numpy()])
 
 
 def verl_advantages(name: str, token_rewards: torch.Tensor, mask: torch.Tensor, uids: np.ndarray,

@@ -1,0 +1,127 @@
+"""A ComposerConfig as the hydra overrides of an existing VeRL job (`--print-backend-config`).
+
+VeRL's own keys carry what VeRL can express (loss mode, aggregation, clip ratios, KL, batch shape); the
+rest goes into the `composer` group (`+composer.*`), which the composer trainer reads. Anything VeRL cannot
+run is an error here, before a cluster is booked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from composer_core.config import ComposerConfig, DistillConfig
+from composer_core.errors import ConfigError
+from composer_verl.actor_settings import ACTOR_CARRIED, VERL_CONVENTIONS
+from composer_verl.advantages import estimator_name
+from composer_verl.policy_loss import loss_mode_name
+
+ACTOR = "actor_rollout_ref.actor"
+# composer KL estimator -> VeRL's kl_loss_type / kl_penalty name
+VERL_KL_TYPES = {"k1": "k1", "k2": "k2", "k3": "low_var_kl", "abs": "abs"}
+# self-distillation supports the composer trainer can feed from precomputed teacher tensors
+VERL_DISTILL_SUPPORTS = ("teacher_topk", "sampled_token")
+
+
+def hydra_value(value: Any) -> str:
+    """A value as hydra's override grammar reads it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value.replace("_", "").replace("-", "").replace(".", "").isalnum() else repr(value)
+    return str(value)
+
+
+def check_runnable(config: ComposerConfig) -> None:
+    """Refuse what the VeRL backend cannot run, naming the setting and the way out."""
+    if config.preference.weight > 0 and config.preference.beta > 0:
+        raise ConfigError("preference.weight > 0: the trace-replay DPO channel (composer-core's own research "
+                          "channel) is not available on the VeRL backend yet; train it on the trl backend or "
+                          "set preference.weight to 0")
+    if config.policy.kl.importance_weighted:
+        raise ConfigError("policy.kl.importance_weighted has no VeRL equivalent (TRL's use_bias_correction_kl); "
+                          "set it to false for the VeRL backend")
+    if config.distill.weight > 0 and config.distill.support not in VERL_DISTILL_SUPPORTS:
+        raise ConfigError(f"distill.support={config.distill.support!r}: on VeRL the teacher's distribution is "
+                          "computed before the update and shipped as top-K tensors, so the support must be one "
+                          f"of {VERL_DISTILL_SUPPORTS}")
+
+
+def policy_overrides(config: ComposerConfig) -> list[str]:
+    """The loss mode, aggregation, VeRL-carried objective settings, estimator and KL."""
+    resolved = config.policy.objective.resolve()
+    params = resolved.params.model_dump()
+    lines = [f"{ACTOR}.policy_loss.loss_mode={loss_mode_name(resolved.objective.name)}",
+             f"{ACTOR}.loss_agg_mode={resolved.aggregation}"]
+    if resolved.aggregation == "seq-mean-token-sum-norm":
+        lines.append(f"{ACTOR}.loss_scale_factor={config.run.max_completion_length}")
+    for name, (key, _) in ACTOR_CARRIED.items():
+        if name in params and params[name] is not None:
+            lines.append(f"{key}={hydra_value(params[name])}")
+    estimator, _ = config.policy.advantage.resolve(resolved.objective.name)
+    lines.append(f"algorithm.adv_estimator={estimator_name(estimator.name)}")
+    kl = config.policy.kl
+    kl_type = VERL_KL_TYPES[kl.estimator] + ("+" if kl.straight_through else "")
+    in_loss, in_reward = kl.coef > 0 and kl.placement == "loss", kl.coef > 0 and kl.placement == "reward"
+    lines.append(f"{ACTOR}.use_kl_loss={hydra_value(in_loss)}")
+    if in_loss:
+        lines += [f"{ACTOR}.kl_loss_coef={kl.coef}", f"{ACTOR}.kl_loss_type={kl_type}"]
+    lines.append(f"algorithm.use_kl_in_reward={hydra_value(in_reward)}")
+    if in_reward:
+        lines += [f"algorithm.kl_ctrl.kl_coef={kl.coef}", f"algorithm.kl_penalty={kl_type}"]
+    return lines
+
+
+def composer_group(config: ComposerConfig) -> list[str]:
+    """`+composer.*` overrides: objective and estimator settings VeRL has no key for, and self-distillation."""
+    extras = {name: value for name, value in config.policy.objective.params.items()
+              if name not in ACTOR_CARRIED and name not in VERL_CONVENTIONS}
+    lines = [f"+composer.policy.objective.params.{name}={hydra_value(value)}" for name, value in extras.items()]
+    lines += [f"+composer.policy.advantage.params.{name}={hydra_value(value)}"
+              for name, value in config.policy.advantage.params.items()]
+    if config.distill.weight > 0:
+        defaults = DistillConfig().model_dump()
+        for name, value in config.distill.model_dump().items():
+            if name == "weight" or value != defaults[name]:
+                if isinstance(value, dict):
+                    lines += [f"+composer.distill.{name}.{key}={hydra_value(item)}" for key, item in value.items()]
+                else:
+                    lines.append(f"+composer.distill.{name}={hydra_value(value)}")
+    return lines
+
+
+def run_overrides(config: ComposerConfig) -> list[str]:
+    """Batch shape, learning rate, length and steps; the model only when the config names one."""
+    run = config.run
+    lines = [f"data.train_batch_size={run.prompts_per_step}",
+             f"{ACTOR}.ppo_mini_batch_size={run.prompts_per_step}",
+             f"actor_rollout_ref.rollout.n={run.num_generations}",
+             f"data.max_response_length={run.max_completion_length}",
+             f"{ACTOR}.optim.lr={run.learning_rate}",
+             f"trainer.total_training_steps={run.max_steps}",
+             f"trainer.save_freq={run.save_steps}"]
+    if config.model.path:
+        lines.append(f"actor_rollout_ref.model.path={config.model.path}")
+    return lines
+
+
+def verl_overrides(config: ComposerConfig) -> list[str]:
+    """Every override, in the order a user reads them: trainer, policy, composer group, run."""
+    check_runnable(config)
+    trainer = ["trainer.use_v1=true", "trainer.v1.trainer_mode=composer"] if config.distill.weight > 0 else []
+    return trainer + policy_overrides(config) + composer_group(config) + run_overrides(config)
+
+
+def render(config: ComposerConfig) -> str:
+    """The overrides as a commented block to paste after `python -m verl.trainer.main_ppo`."""
+    lines = verl_overrides(config)
+    header = ["# composer-core -> VeRL 0.9 hydra overrides (append to your verl.trainer.main_ppo command)",
+              "# data.* files, the reward function and the cluster layout stay your job's own."]
+    params = config.policy.objective.resolve().params.model_dump()
+    if "dual_clip_c" in params and params["dual_clip_c"] is None:
+        header.append("# no dual clip in this config, but VeRL always applies clip_ratio_c (default 3.0) to "
+                      "negative advantages")
+    if config.distill.weight == 0:
+        header.append("# channel 1 only: any VeRL trainer runs it; the composer trainer is needed for distill.")
+    return "\n".join(header + lines)
