@@ -18,13 +18,8 @@ from peft import LoraConfig, get_peft_model
 from tiny_models import build_model
 
 from composer_core.errors import BatchError, ConfigError
-from composer_trl.teacher_context import (
-    RepromptSettings,
-    TeacherBatch,
-    build_teacher_contexts,
-    strip_thinking,
-    tokenize_teacher_batch,
-)
+from composer_core.selfteach import RepromptSettings, build_teacher_contexts, strip_thinking
+from composer_trl.teacher_context import TeacherBatch, tokenize_teacher_batch
 from composer_trl.teacher_weights import TEACHER_ADAPTER, TeacherWeights
 
 pytestmark = pytest.mark.backend("trl")

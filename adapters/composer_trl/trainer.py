@@ -29,10 +29,11 @@ from composer_core import (
 from composer_core.distill import token_log_probs
 from composer_core.errors import ConfigError
 from composer_core.objectives.kl import kl_estimate
+from composer_core.selfteach import RepromptSettings, build_teacher_contexts
 from composer_trl.feedback import FeedbackRecorder
 from composer_trl.grpo_mapping import composer_config_from_grpo, grpo_overrides, trl_normaliser
 from composer_trl.preference_mixer import PreferenceMixer, preference_batch
-from composer_trl.teacher_context import RepromptSettings, TeacherBatch, build_teacher_contexts, tokenize_teacher_batch
+from composer_trl.teacher_context import TeacherBatch, tokenize_teacher_batch
 from composer_trl.teacher_weights import TeacherWeights, frozen_copy
 
 UNSUPPORTED_TRL_SETTINGS = {  # TRL features that live inside TRL's own loss, which this trainer replaces

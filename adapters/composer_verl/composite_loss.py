@@ -6,6 +6,9 @@
   logits (when the micro-batch flag `distillation_use_topk` is set). It returns per-token tensors that the
   engine stores in `model_output`: the distillation loss against the teacher's precomputed top-K, or, on a
   teacher pass, the teacher's own top-K ids and log-probs.
+
+VeRL divides the logits by the rollout temperature before either call, so no temperature is applied here (the
+composer group must set distill.temperature to the rollout temperature; `group` checks it).
 """
 
 from __future__ import annotations
@@ -47,14 +50,6 @@ def topk_keys(top_k: int) -> tuple[list[str], list[str]]:
     return [f"composer_topk_id_{k}" for k in range(top_k)], [f"composer_topk_log_prob_{k}" for k in range(top_k)]
 
 
-def objective_name(actor_config: Any) -> str:
-    mode = actor_config.policy_loss.get("loss_mode", "vanilla")
-    if not mode.startswith(LOSS_MODE_PREFIX):
-        raise ConfigError(f"the composer trainer needs a composer objective: set actor_rollout_ref.actor.policy_loss."
-                          f"loss_mode=composer_<name> (got {mode!r})")
-    return mode[len(LOSS_MODE_PREFIX):]
-
-
 class ComposerActorLoss:
     """Picklable loss for `actor_rollout_ref` workers; the composer settings travel as plain data."""
 
@@ -74,7 +69,7 @@ class ComposerActorLoss:
         extras = self.composer.policy.objective.params
         if not extras:
             return self.actor_config
-        name = objective_name(self.actor_config)
+        name = self.composer.policy.objective.name
         private = f"{LOSS_MODE_PREFIX}{name}@composer-group"
         core_algos.register_policy_loss(private)(make_policy_loss_fn(name, extras))
         policy_loss = dataclasses.replace(self.actor_config.policy_loss, loss_mode=private)
@@ -106,19 +101,23 @@ class ComposerActorLoss:
         log_probs = self._local(to_packed(data[TEACHER_LOG_PROBS], data, total), student_logits)
         per_token = distill_per_token_from_teacher_topk(
             student_logits, ids, log_probs.to(student_logits.dtype), support=settings.support, alpha=settings.alpha,
-            tail=settings.tail, temperature=settings.temperature, pointwise_clip=settings.pointwise_clip,
+            tail=settings.tail, temperature=1.0, pointwise_clip=settings.pointwise_clip,
             divergence=self.composer.distill.resolve_divergence())
         return {DISTILL_OUTPUT: per_token}
 
     def teacher_topk(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The teacher pass: top-K ids and log-probs at every position, one (1, total_nnz) tensor per key."""
+        """The teacher pass: top-K ids and log-probs at every position, one (1, total_nnz) tensor per key.
+
+        The logits are the teacher context's (same weights for a live teacher, swapped-in ones otherwise)."""
         settings = self.composer.distill
         k = 1 if settings.support == "sampled_token" else settings.top_k
-        log_probs = torch.log_softmax(logits.float() / settings.temperature, dim=-1)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
         values, ids = log_probs.topk(k, dim=-1)
         id_keys, value_keys = topk_keys(k)
-        outputs = {key: ids[..., i] for i, key in enumerate(id_keys)}
-        outputs.update({key: values[..., i] for i, key in enumerate(value_keys)})
+        # ids travel as float32 (exact below 2**24): VeRL all-gathers these outputs across sequence-parallel
+        # ranks through an autograd function
+        outputs = {key: ids[..., i].float().contiguous() for i, key in enumerate(id_keys)}
+        outputs.update({key: values[..., i].contiguous() for i, key in enumerate(value_keys)})
         return outputs
 
     @staticmethod
@@ -135,6 +134,8 @@ class ComposerActorLoss:
     # ------------------------------------------------------------ final loss
 
     def loss(self, model_output: dict[str, Any], data: TensorDict, dp_group: Any) -> tuple[torch.Tensor, dict]:
+        if tu.get_non_tensor_data(data=data, key=TEACHER_PASS, default=False):
+            return torch.zeros((), device=data["input_ids"].device), {}  # a forward-only pass for its outputs
         composer = self.composer
         total: torch.Tensor | float = 0.0
         metrics: dict[str, Any] = {}

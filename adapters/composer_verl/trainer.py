@@ -1,0 +1,153 @@
+"""The `composer` V1 trainer (`trainer.use_v1=true trainer.v1.trainer_mode=composer`): the full composer loss.
+
+VeRL's synchronous trainer, plus:
+- at init, the composer loss is set once on the actor workers (`set_loss_fn`), and the teacher copy is made;
+- after the advantages (rewards are known), the teacher pass: teacher contexts from successful siblings,
+  reward feedback and dataset hints, one actor forward on them with the teacher's weights, and the teacher's
+  top-K stored with each sample;
+- the update runs with VeRL's logits-processor flag on, so the loss sees the student's logits;
+- after the update the teacher moves toward the policy (EMA) or stays (frozen, live).
+The actor role runs `ComposerActorWorker`, VeRL's worker with the teacher forward and update added.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import ray
+import transfer_queue as tq
+from omegaconf import DictConfig, OmegaConf
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.metric import reduce_metrics
+from verl.utils.py_functional import rename_dict
+
+from composer_core.loss import EmptyDistillMaskWarning
+from composer_core.selfteach import RepromptSettings, TeacherContext, build_teacher_contexts
+from composer_verl.actor_settings import objective_params
+from composer_verl.composite_loss import TEACHER_PASS, ComposerActorLoss, topk_keys
+from composer_verl.group import composer_settings
+from composer_verl.teacher_pass import messages_of, response_topk, sequence_rewards, student_fields, teacher_rows
+from composer_verl.worker import ComposerActorWorker
+
+TRAINER_NAME = "composer"
+TEACHER_PARTITION = "composer_teacher"
+HINT_KEY = "hint"  # in the dataset row's extra_info
+FEEDBACK_FIELD = "feedback"  # a reward function's extra output
+
+
+@register_trainer(TRAINER_NAME)
+class ComposerTrainer(PPOTrainerSync):
+    """VeRL's sync trainer with composer self-distillation; channel 1 alone runs on any VeRL trainer."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self.composer, self.composer_group = composer_settings(config)
+        self.reprompt = RepromptSettings(**self.composer.distill.context)
+        actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+        resolved = self.composer.policy.objective.resolve()
+        objective_params(resolved.objective, actor, self.composer.policy.objective.params)  # refuse conflicts now
+        self.empty_distill_steps = 0
+        super().__init__(config)
+
+    @property
+    def distilling(self) -> bool:
+        return self.composer.distill.weight > 0
+
+    def _init_resource_pool_mgr(self) -> None:
+        super()._init_resource_pool_mgr()
+        for role in (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(ComposerActorWorker)
+
+    def on_init_end(self) -> None:
+        actor = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        self.actor_rollout_wg.set_loss_fn(ComposerActorLoss(actor, self.composer_group))
+        if self.distilling:
+            self.actor_rollout_wg.init_teacher(self.composer.distill.teacher, self.composer.distill.teacher_rate)
+        super().on_init_end()
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_advantage(batch, metrics)
+        return self._teacher_pass(batch, metrics) if self.distilling else batch
+
+    # ------------------------------------------------------------ teacher pass
+
+    def _contexts(self, batch: KVBatchMeta, data: Any) -> list[TeacherContext]:
+        responses = [self.tokenizer.decode(row, skip_special_tokens=True) for row in data["responses"].unbind()]
+        available = set(data.keys())
+        hints = ([(row or {}).get(HINT_KEY) for row in list(data["extra_info"])] if "extra_info" in available
+                 else None)
+        feedback = list(data[FEEDBACK_FIELD]) if FEEDBACK_FIELD in available else None
+        built = build_teacher_contexts(messages_of(data["raw_prompt"]), responses, list(data["uid"]),
+                                       sequence_rewards(data["rm_scores"]), feedback=feedback, hints=hints,
+                                       settings=self.reprompt)
+        padding = [tag.get("is_padding", False) for tag in batch.tags]
+        return [TeacherContext(None) if pad else context for context, pad in zip(built.contexts, padding, strict=True)]
+
+    def _teacher_pass(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        wanted = ["prompts", "responses", "response_mask", "rm_scores", "uid", "raw_prompt", "extra_info",
+                  FEEDBACK_FIELD]
+        present = set(batch.fields) if batch.fields is not None else set(wanted)
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=[name for name in wanted if name in present])
+        contexts = self._contexts(batch, data)
+        rows, tags = teacher_rows(self.tokenizer, data["prompts"], data["responses"], data["response_mask"], contexts,
+                                  self.reprompt, OmegaConf.to_container(self.config.data.apply_chat_template_kwargs))
+        keys = [f"{key}__teacher" for key in batch.keys]
+        teacher_batch = tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=rows, tags=tags)
+        teacher_batch.extra_info = {"compute_loss": True, "distillation_use_topk": True, "distillation_only": False,
+                                    "calculate_entropy": False, TEACHER_PASS: True,
+                                    "temperature": self.config.actor_rollout_ref.rollout.temperature}
+        self.actor_rollout_wg.compute_teacher_topk(teacher_batch)
+        top_k = 1 if self.composer.distill.support == "sampled_token" else self.composer.distill.top_k
+        id_keys, value_keys = topk_keys(top_k)
+        output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
+                                 select_fields=[*id_keys, *value_keys, "response_mask"])
+        ids, log_probs = response_topk(output, output["response_mask"], top_k)
+        tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
+        targeted = [context.messages is not None for context in contexts]
+        updated = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                                  fields=student_fields(ids, log_probs, data["response_mask"], targeted))
+        batch.fields = updated.fields
+        self._record(contexts, metrics)
+        return batch
+
+    def _record(self, contexts: list[TeacherContext], metrics: dict) -> None:
+        """Per step: how many rows have a teacher, by source; a step without any is a reported event."""
+        rows = len(contexts)
+        for source in ("demonstration", "feedback", "hint"):
+            metrics[f"composer/distill_{source}_fraction"] = sum(source in c.sources for c in contexts) / rows
+        targeted = sum(context.messages is not None for context in contexts)
+        metrics["composer/distill_rows"] = targeted / rows
+        metrics["composer/distill_empty_batch"] = float(targeted == 0)
+        if targeted == 0:
+            self.empty_distill_steps += 1
+            metrics["composer/distill_empty_steps"] = float(self.empty_distill_steps)
+            warnings.warn(f"step {self.global_steps}: no sample has a teacher context (no successful sibling, "
+                          "feedback or hint), so self-distillation adds nothing this step",
+                          EmptyDistillMaskWarning, stacklevel=2)
+
+    # ------------------------------------------------------------ update
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """VeRL's update with its logits-processor flag on; VeRL only sets it for its own distillation."""
+        if not self.distilling:
+            return super()._update_actor(batch, metrics)
+        actor = self.config.actor_rollout_ref.actor
+        mini_batch = actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n
+        batch.extra_info.update({
+            "calculate_entropy": actor.calculate_entropy or actor.entropy_coeff != 0.0,
+            "distillation_use_topk": True, "distillation_only": False,
+            "global_batch_size": mini_batch, "mini_batch_size": mini_batch, "epochs": actor.ppo_epochs,
+            "seed": actor.data_loader_seed, "dataloader_kwargs": {"shuffle": actor.shuffle},
+            "temperature": self.config.actor_rollout_ref.rollout.temperature})
+        output = self.actor_rollout_wg.update_actor(batch)
+        output = rename_dict(output["metrics"], "actor/")
+        output["perf/mfu/actor"] = output.pop("actor/mfu")
+        metrics.update(reduce_metrics(output))
+        self.actor_rollout_wg.update_teacher()
+        return batch

@@ -1,0 +1,49 @@
+"""VeRL's actor worker with the two methods the composer trainer needs: a teacher forward and a teacher update.
+
+The trainer puts this class in place of `ActorRolloutRefWorker` for the actor role (VeRL's trainer exposes
+the role -> worker-class mapping for that); everything else is VeRL's worker unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from composer_verl.teacher_weights import SHADOW_TEACHERS, TeacherShadow
+
+
+class ComposerActorWorker(ActorRolloutRefWorker):
+    """`compute_teacher_topk` runs the actor's forward with the teacher's weights; `update_teacher` moves them."""
+
+    teacher: TeacherShadow | None = None
+
+    def _policy_parameters(self) -> list[torch.Tensor]:
+        module = getattr(self.actor.engine, "module", None)
+        if not isinstance(module, torch.nn.Module):
+            raise NotImplementedError(f"the composer teacher copy supports engines with one nn.Module (FSDP); "
+                                      f"{type(self.actor.engine).__name__} has none")
+        return list(module.parameters())
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_teacher(self, kind: str, rate: float) -> None:
+        """Copy the current policy as the teacher ("ema" or "frozen"); a "live" teacher needs no copy."""
+        self.teacher = TeacherShadow(self._policy_parameters(), kind, rate) if kind in SHADOW_TEACHERS else None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def update_teacher(self) -> None:
+        if self.teacher is not None:
+            self.teacher.update(self._policy_parameters())
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_teacher_topk(self, data: TensorDict) -> Any:
+        """The actor's forward on teacher contexts; the composer loss's logits processor returns the top-K."""
+        if self.teacher is None:
+            output = self.actor.infer_batch(data)
+        else:
+            with self.teacher.swapped_in(self._policy_parameters()):
+                output = self.actor.infer_batch(data)
+        return output.cpu() if output is not None else None
