@@ -11,7 +11,7 @@ from typing import Any
 
 from composer_core.config import ComposerConfig, DistillConfig
 from composer_core.errors import ConfigError
-from composer_verl.actor_settings import ACTOR_CARRIED, VERL_CONVENTIONS
+from composer_verl.actor_settings import ACTOR_CARRIED
 from composer_verl.advantages import estimator_name
 from composer_verl.policy_loss import loss_mode_name
 
@@ -75,8 +75,7 @@ def policy_overrides(config: ComposerConfig) -> list[str]:
 
 def composer_group(config: ComposerConfig) -> list[str]:
     """`+composer.*` overrides: objective and estimator settings VeRL has no key for, and self-distillation."""
-    extras = {name: value for name, value in config.policy.objective.params.items()
-              if name not in ACTOR_CARRIED and name not in VERL_CONVENTIONS}
+    extras = {name: value for name, value in config.policy.objective.params.items() if name not in ACTOR_CARRIED}
     lines = [f"+composer.policy.objective.params.{name}={hydra_value(value)}" for name, value in extras.items()]
     lines += [f"+composer.policy.advantage.params.{name}={hydra_value(value)}"
               for name, value in config.policy.advantage.params.items()]

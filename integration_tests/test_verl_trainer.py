@@ -1,0 +1,156 @@
+"""The composer trainer's teacher pass on CPU, with VeRL's real TransferQueue in a local Ray instance.
+
+The trainer is VeRL's V1 trainer class built from VeRL's own composed config; only the actor worker group is
+replaced (VeRL's engines need a GPU): its `compute_teacher_topk` goes through VeRL's own TransferQueue bridge
+(`tqbridge`, which reads the batch and writes the outputs back) and runs a tiny model on each sample where
+VeRL's engine would run the actor, calling the composer loss's logits processor as the engine does. After the
+pass, the training partition must hold the teacher's top-K for every sample, computed on the teacher contexts
+(a successful sibling's answer, a dataset hint), and a distillation mask on exactly the rows with a context.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+verl = pytest.importorskip("verl")
+ray = pytest.importorskip("ray")
+tq = pytest.importorskip("transfer_queue")
+hydra = pytest.importorskip("hydra")
+pytest.importorskip("transformers")
+
+from tensordict import TensorDict  # noqa: E402
+from tiny_models import build_model  # noqa: E402
+from verl.utils.config import omega_conf_to_dataclass  # noqa: E402
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
+from verl.utils.transferqueue_utils import tqbridge  # noqa: E402
+from verl.workers.utils.padding import no_padding_2_padding  # noqa: E402
+
+from composer_core.distill import distill_per_token_from_teacher_topk, teacher_topk  # noqa: E402
+from composer_core.selfteach import RepromptSettings, build_teacher_contexts, template_ids  # noqa: E402
+from composer_verl.composite_loss import DISTILL_MASK, TEACHER_IDS, TEACHER_LOG_PROBS, ComposerActorLoss  # noqa: E402
+from composer_verl.trainer import TEACHER_PARTITION  # noqa: E402
+
+pytestmark = pytest.mark.backend("verl")
+
+TOP_K = 4
+OVERRIDES = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+             "actor_rollout_ref.actor.policy_loss.loss_mode=composer_dr_grpo", "trainer.use_v1=true",
+             "trainer.v1.trainer_mode=composer", "+composer.distill.weight=0.5",
+             "+composer.distill.support=teacher_topk", "+composer.distill.teacher=live",
+             f"+composer.distill.top_k={TOP_K}"]
+QUESTION = [{"role": "user", "content": "what is two plus two"}]
+OTHER = [{"role": "user", "content": "which test fail"}]
+# (prompt messages, response text, reward, uid, hint)
+SAMPLES = [(QUESTION, "the answer is four", 1.0, "q1", None),
+           (QUESTION, "the answer is five", 0.0, "q1", None),
+           (OTHER, "the test pass", 0.0, "q2", None),
+           (OTHER, "no", 0.0, "q2", "read the error")]
+
+
+@pytest.fixture(scope="module")
+def transfer_queue() -> Any:
+    """A local Ray (logical CPUs above the physical count: TransferQueue's actors each reserve one) and TQ."""
+    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
+    tq.init()
+    yield tq
+    tq.close()
+    ray.shutdown()
+
+
+class CPUActorGroup:
+    """The actor worker group's teacher forward: VeRL's TQ bridge, a tiny model where the engine runs the actor."""
+
+    def __init__(self, model: torch.nn.Module, loss: ComposerActorLoss) -> None:
+        self.model, self.loss = model, loss
+
+    @tqbridge()
+    def compute_teacher_topk(self, data: TensorDict) -> TensorDict:
+        offsets = data["input_ids"].offsets()
+        with torch.no_grad():
+            logits = torch.cat([self.model(input_ids=ids.unsqueeze(0)).logits[0]
+                                for ids in data["input_ids"].unbind()])
+        outputs = self.loss(student_logits=logits.unsqueeze(0), data=data)
+        return TensorDict({key: torch.nested.nested_tensor_from_jagged(value.squeeze(0), offsets)
+                           for key, value in outputs.items()}, batch_size=[len(offsets) - 1])
+
+
+def training_batch(tokenizer: Any) -> Any:
+    """The samples as VeRL's agent loop stores them in the training partition."""
+    fields, tags, keys = [], [], []
+    for index, (messages, response, reward, uid, hint) in enumerate(SAMPLES):
+        prompt = torch.tensor(template_ids(tokenizer, messages, {}))
+        response_ids = torch.tensor(tokenizer(response, add_special_tokens=False)["input_ids"])
+        scores = torch.zeros(len(response_ids))
+        scores[-1] = reward
+        fields.append({"prompts": prompt, "responses": response_ids, "input_ids": torch.cat([prompt, response_ids]),
+                       "response_mask": torch.ones(len(response_ids), dtype=torch.long), "rm_scores": scores,
+                       "uid": uid, "raw_prompt": messages, "extra_info": {"hint": hint} if hint else {}})
+        keys.append(f"{uid}_0_{index}")
+        tags.append({"seq_len": len(prompt) + len(response_ids)})
+    return tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(fields), tags=tags)
+
+
+def expected_topk(tokenizer: Any, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """Independently: each sample's teacher context, the model on it, the top-K predicting each response token."""
+    contexts = build_teacher_contexts([s[0] for s in SAMPLES], [s[1] for s in SAMPLES], [s[3] for s in SAMPLES],
+                                      [s[2] for s in SAMPLES], hints=[s[4] for s in SAMPLES],
+                                      settings=RepromptSettings()).contexts
+    expected = []
+    for (messages, response, *_), context in zip(SAMPLES, contexts, strict=True):
+        prompt = template_ids(tokenizer, context.messages or messages, {})
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + response_ids])).logits[0]
+        ids, values = teacher_topk(logits[len(prompt) - 1: len(prompt) - 1 + len(response_ids)], TOP_K)
+        expected.append((ids, values, context.messages is not None))
+    return expected
+
+
+def test_teacher_pass_writes_the_teacher_topk_of_each_context(transfer_queue: Any, tiny_tokenizer: Any) -> None:
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
+        config = hydra.compose(config_name="ppo_trainer", overrides=OVERRIDES)
+    trainer = get_trainer_cls("composer")(config)
+    model = build_model(tiny_tokenizer).eval()
+    # what VeRL's _setup creates on a cluster: the tokenizer of the model, the actor worker group, the step
+    trainer.tokenizer, trainer.global_steps = tiny_tokenizer, 1
+    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    trainer.actor_rollout_wg = CPUActorGroup(model, ComposerActorLoss(actor, trainer.composer_group))
+    batch = training_batch(tiny_tokenizer)
+    metrics: dict[str, float] = {}
+    batch = trainer._teacher_pass(batch, metrics)
+    assert {TEACHER_IDS, TEACHER_LOG_PROBS, DISTILL_MASK} <= set(batch.fields)
+    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train",
+                             select_fields=[TEACHER_IDS, TEACHER_LOG_PROBS, DISTILL_MASK])
+    for index, (ids, values, targeted) in enumerate(expected_topk(tiny_tokenizer, model)):
+        torch.testing.assert_close(stored[TEACHER_IDS][index], ids)
+        torch.testing.assert_close(stored[TEACHER_LOG_PROBS][index], values, rtol=1e-5, atol=1e-6)
+        mask = stored[DISTILL_MASK][index]
+        assert bool(mask.all()) == targeted and bool(mask.any()) == targeted
+    assert [e[2] for e in expected_topk(tiny_tokenizer, model)] == [False, True, False, True]
+    assert metrics["composer/distill_rows"] == 0.5
+    assert metrics["composer/distill_demonstration_fraction"] == 0.25
+    assert metrics["composer/distill_hint_fraction"] == 0.25
+    assert tq.kv_list(partition_id=TEACHER_PARTITION) == {TEACHER_PARTITION: {}}  # teacher rows cleared
+    student_update_reads_the_stored_teacher(trainer, model, batch)
+    tq.kv_clear(keys=batch.keys, partition_id="train")
+
+
+def student_update_reads_the_stored_teacher(trainer: Any, model: torch.nn.Module, batch: Any) -> None:
+    """The update's logits processor on the stored batch: the divergence to the stored top-K, per response token."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id="train")
+    logits = torch.cat([model(input_ids=ids.unsqueeze(0)).logits[0] for ids in data["input_ids"].unbind()])
+    processed = trainer.actor_rollout_wg.loss(student_logits=logits.unsqueeze(0), data=data)
+    per_token = no_padding_2_padding(processed["composer_distill"][0], data)
+    student = no_padding_2_padding(logits, data)
+    for index in range(len(SAMPLES)):
+        length = int(data["response_mask"][index].sum())
+        expected = distill_per_token_from_teacher_topk(student[index, :length], data[TEACHER_IDS][index],
+                                                       data[TEACHER_LOG_PROBS][index])
+        torch.testing.assert_close(per_token[index, :length], expected, rtol=1e-5, atol=1e-6)
