@@ -35,7 +35,7 @@ integration: setup
 	$(BIN)/python -m pytest integration_tests -n 2
 
 lint: setup
-	$(BIN)/ruff check composer_core adapters scripts tests integration_tests benchmarks plugins
+	$(BIN)/ruff check composer_core adapters scripts tests integration_tests benchmarks plugins examples
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

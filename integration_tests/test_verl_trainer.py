@@ -44,11 +44,12 @@ OVERRIDES = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
              f"+composer.distill.top_k={TOP_K}"]
 QUESTION = [{"role": "user", "content": "what is two plus two"}]
 OTHER = [{"role": "user", "content": "which test fail"}]
-# (prompt messages, response text, reward, uid, hint)
-SAMPLES = [(QUESTION, "the answer is four", 1.0, "q1", None),
-           (QUESTION, "the answer is five", 0.0, "q1", None),
-           (OTHER, "the test pass", 0.0, "q2", None),
-           (OTHER, "no", 0.0, "q2", "read the error")]
+# (prompt messages, response text, reward, uid, hint in the dataset row, feedback from the reward function)
+SAMPLES = [(QUESTION, "the answer is four", 1.0, "q1", None, None),
+           (QUESTION, "the answer is five", 0.0, "q1", None, "five is wrong"),
+           (OTHER, "the test pass", 0.0, "q2", None, "the test fail"),
+           (OTHER, "no", 0.0, "q2", "read the error", None),
+           (OTHER, "yes", 0.0, "q2", None, None)]
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +82,15 @@ class CPUActorGroup:
 def training_batch(tokenizer: Any) -> Any:
     """The samples as VeRL's agent loop stores them in the training partition."""
     fields, tags, keys = [], [], []
-    for index, (messages, response, reward, uid, hint) in enumerate(SAMPLES):
+    for index, (messages, response, reward, uid, hint, feedback) in enumerate(SAMPLES):
         prompt = torch.tensor(template_ids(tokenizer, messages, {}))
         response_ids = torch.tensor(tokenizer(response, add_special_tokens=False)["input_ids"])
         scores = torch.zeros(len(response_ids))
         scores[-1] = reward
         fields.append({"prompts": prompt, "responses": response_ids, "input_ids": torch.cat([prompt, response_ids]),
                        "response_mask": torch.ones(len(response_ids), dtype=torch.long), "rm_scores": scores,
-                       "uid": uid, "raw_prompt": messages, "extra_info": {"hint": hint} if hint else {}})
+                       "uid": uid, "raw_prompt": messages, "extra_info": {"hint": hint} if hint else {},
+                       "extra_fields": {"reward_extra_info": {"feedback": feedback}}})
         keys.append(f"{uid}_0_{index}")
         tags.append({"seq_len": len(prompt) + len(response_ids)})
     return tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(fields), tags=tags)
@@ -98,6 +100,7 @@ def expected_topk(tokenizer: Any, model: torch.nn.Module) -> list[tuple[torch.Te
     """Independently: each sample's teacher context, the model on it, the top-K predicting each response token."""
     contexts = build_teacher_contexts([s[0] for s in SAMPLES], [s[1] for s in SAMPLES], [s[3] for s in SAMPLES],
                                       [s[2] for s in SAMPLES], hints=[s[4] for s in SAMPLES],
+                                      feedback=[s[5] for s in SAMPLES],
                                       settings=RepromptSettings()).contexts
     expected = []
     for (messages, response, *_), context in zip(SAMPLES, contexts, strict=True):
@@ -133,10 +136,11 @@ def test_teacher_pass_writes_the_teacher_topk_of_each_context(transfer_queue: An
         torch.testing.assert_close(stored[TEACHER_LOG_PROBS][index], values, rtol=1e-5, atol=1e-6)
         mask = stored[DISTILL_MASK][index]
         assert bool(mask.all()) == targeted and bool(mask.any()) == targeted
-    assert [e[2] for e in expected_topk(tiny_tokenizer, model)] == [False, True, False, True]
-    assert metrics["composer/distill_rows"] == 0.5
-    assert metrics["composer/distill_demonstration_fraction"] == 0.25
-    assert metrics["composer/distill_hint_fraction"] == 0.25
+    # sample 1 has a successful sibling (and its feedback is dropped: SDPO's feedback_only_without_solution)
+    assert [e[2] for e in expected_topk(tiny_tokenizer, model)] == [False, True, True, True, False]
+    assert metrics["composer/distill_rows"] == pytest.approx(3 / 5)
+    for source in ("demonstration", "feedback", "hint"):
+        assert metrics[f"composer/distill_{source}_fraction"] == pytest.approx(1 / 5)
     assert tq.kv_list(partition_id=TEACHER_PARTITION) == {TEACHER_PARTITION: {}}  # teacher rows cleared
     student_update_reads_the_stored_teacher(trainer, model, batch)
     tq.kv_clear(keys=batch.keys, partition_id="train")

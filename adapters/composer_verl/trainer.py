@@ -37,7 +37,18 @@ from composer_verl.worker import ComposerActorWorker
 TRAINER_NAME = "composer"
 TEACHER_PARTITION = "composer_teacher"
 HINT_KEY = "hint"  # in the dataset row's extra_info
-FEEDBACK_FIELD = "feedback"  # a reward function's extra output
+FEEDBACK_KEY = "feedback"  # in the reward function's extra outputs
+
+
+def feedback_of(data: Any) -> list[str | None] | None:
+    """The reward function's `feedback` output per sample: VeRL keeps a streaming reward's extra outputs in
+    `extra_fields["reward_extra_info"]` and a colocated reward model's as top-level fields."""
+    available = set(data.keys())
+    if FEEDBACK_KEY in available:
+        return list(data[FEEDBACK_KEY])
+    if "extra_fields" in available:
+        return [((row or {}).get("reward_extra_info") or {}).get(FEEDBACK_KEY) for row in list(data["extra_fields"])]
+    return None
 
 
 @register_trainer(TRAINER_NAME)
@@ -81,7 +92,7 @@ class ComposerTrainer(PPOTrainerSync):
         available = set(data.keys())
         hints = ([(row or {}).get(HINT_KEY) for row in list(data["extra_info"])] if "extra_info" in available
                  else None)
-        feedback = list(data[FEEDBACK_FIELD]) if FEEDBACK_FIELD in available else None
+        feedback = feedback_of(data)
         built = build_teacher_contexts(messages_of(data["raw_prompt"]), responses, list(data["uid"]),
                                        sequence_rewards(data["rm_scores"]), feedback=feedback, hints=hints,
                                        settings=self.reprompt)
@@ -90,7 +101,7 @@ class ComposerTrainer(PPOTrainerSync):
 
     def _teacher_pass(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         wanted = ["prompts", "responses", "response_mask", "rm_scores", "uid", "raw_prompt", "extra_info",
-                  FEEDBACK_FIELD]
+                  "extra_fields", FEEDBACK_KEY]
         present = set(batch.fields) if batch.fields is not None else set(wanted)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                select_fields=[name for name in wanted if name in present])
