@@ -112,6 +112,8 @@ GROUP_ERRORS = {
                               "+composer.distill.teacher=trust-region"], "trust-region"),
     "temperature": ([LOSS_MODE, "+composer.distill.weight=0.5", "+composer.distill.support=teacher_topk",
                      "+composer.distill.teacher=live", "actor_rollout_ref.rollout.temperature=0.7"], "temperature"),
+    "local normaliser": ([LOSS_MODE, "+composer.distill.weight=0.5", "+composer.distill.support=teacher_topk",
+                          "+composer.distill.teacher=live", "+composer.distill.normaliser=local"], "normaliser"),
     "fused kernels": ([LOSS_MODE, "+composer.distill.weight=0.5", "+composer.distill.support=teacher_topk",
                        "+composer.distill.teacher=live", "actor_rollout_ref.model.use_fused_kernels=true"],
                       "use_fused_kernels"),

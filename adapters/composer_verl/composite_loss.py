@@ -173,11 +173,8 @@ class ComposerActorLoss:
         info = {"dp_size": data["dp_size"], "batch_num_tokens": data["batch_num_tokens"],
                 "global_batch_size": data["global_batch_size"],
                 "loss_scale_factor": self.actor_config.loss_scale_factor}
-        normaliser = global_normaliser(info, settings.aggregation)
-        value = aggregate(per_token, mask, settings.aggregation,
-                          normaliser if settings.normaliser == "global" else normaliser.local())
-        metrics["distill/loss"] = Metric(AggregationType.SUM if settings.normaliser == "global"
-                                         else AggregationType.MEAN, value.detach())
+        value = aggregate(per_token, mask, settings.aggregation, global_normaliser(info, settings.aggregation))
+        metrics["distill/loss"] = Metric(AggregationType.SUM, value.detach())
         return value, metrics
 
     def _report_empty(self) -> None:

@@ -74,6 +74,9 @@ def composer_settings(config: DictConfig) -> tuple[ComposerConfig, dict[str, Any
         if OmegaConf.select(config, "actor_rollout_ref.model.use_fused_kernels", default=False):
             raise ConfigError("self-distillation needs the logits: set actor_rollout_ref.model.use_fused_kernels="
                               "false (VeRL's fused kernels never call the logits processor)")
+        if distill.normaliser != "global":
+            raise ConfigError("composer.distill.normaliser=local is not available on VeRL: VeRL sums micro-batch "
+                              "losses and does not tell the loss how many there are; use global (VeRL's counts)")
         if OmegaConf.select(config, "distillation.enabled", default=False):
             raise ConfigError("VeRL's own distillation (distillation.enabled) and composer self-distillation both "
                               "set the actor's loss: enable one of them")
