@@ -103,9 +103,11 @@ def test_group_settings_reach_verls_actor_loss() -> None:
 
 
 def test_the_loss_survives_the_trip_to_a_ray_worker() -> None:
-    loss_fn = ComposerActorLoss(actor_config("composer_dr_grpo", **SETTINGS), policy_group("dr_grpo"))
+    """Pickled after use (as Ray ships it), only plain settings travel: the worker rebuilds the rest itself."""
+    loss_fn = ComposerActorLoss(actor_config("composer_cispo", **SETTINGS), policy_group("cispo", lower_clip=False))
     packed = with_ref(packed_batch(make_batch(3), INFO, PROMPTS), 3)
     expected, _ = loss_fn(model_output={"log_probs": packed.packed_log_prob}, data=packed.data)
+    assert set(loss_fn.__getstate__()) == {"actor_config", "composer_settings", "empty_distill_events"}
     shipped = pickle.loads(pickle.dumps(loss_fn))
     value, _ = shipped(model_output={"log_probs": packed.packed_log_prob}, data=packed.data)
     torch.testing.assert_close(value, expected)

@@ -51,12 +51,20 @@ def topk_keys(top_k: int) -> tuple[list[str], list[str]]:
 
 
 class ComposerActorLoss:
-    """Picklable loss for `actor_rollout_ref` workers; the composer settings travel as plain data."""
+    """The loss VeRL's `set_loss_fn` installs: `partial(ppo_loss, config=...)`'s contract, the ActorConfig bound.
+
+    It is pickled to every Ray worker; the composer settings travel as plain data and everything derived from
+    them (validated config, a private loss mode) is rebuilt in the process that uses it.
+    """
 
     def __init__(self, actor_config: Any, composer: Mapping[str, Any]) -> None:
         self.actor_config = actor_config
         self.composer_settings = dict(composer)
         self.empty_distill_events = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"actor_config": self.actor_config, "composer_settings": self.composer_settings,
+                "empty_distill_events": 0}
 
     @functools.cached_property
     def composer(self) -> ComposerConfig:
@@ -78,6 +86,7 @@ class ComposerActorLoss:
     def __call__(self, model_output: dict[str, Any] | None = None, data: TensorDict | None = None,
                  dp_group: Any = None, student_logits: torch.Tensor | None = None,
                  data_format: str = "thd") -> Any:
+        """Both engine calls; `data_format` is passed by Megatron's engine and is irrelevant to packed logits."""
         if data is None:
             raise TypeError("VeRL calls the loss with `data` (the micro-batch TensorDict)")
         if student_logits is not None:

@@ -11,6 +11,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from composer_verl.advantages import AdvantageFn
+    from composer_verl.policy_loss import PolicyLossFn
 
 logger = logging.getLogger("composer_verl")
 
@@ -23,14 +28,16 @@ def enabled() -> bool:
 
 
 @functools.cache
-def _policy_loss_fn(name: str):
+def _policy_loss_fn(name: str) -> PolicyLossFn:
+    """One function per objective, so that loading twice registers the same object again."""
     from composer_verl.policy_loss import make_policy_loss_fn
 
     return make_policy_loss_fn(name)
 
 
 @functools.cache
-def _advantage_fn(name: str):
+def _advantage_fn(name: str) -> AdvantageFn:
+    """VeRL's estimator registry refuses a second, different function under one name."""
     from composer_verl.advantages import make_advantage_fn
 
     return make_advantage_fn(name)
