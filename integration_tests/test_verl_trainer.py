@@ -120,6 +120,9 @@ def test_teacher_pass_writes_the_teacher_topk_of_each_context(transfer_queue: An
     with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
         config = hydra.compose(config_name="ppo_trainer", overrides=OVERRIDES)
     trainer = get_trainer_cls("composer")(config)
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    assert trainer.trainer_mode == "sync" and type(trainer.replay_buffer) is ReplayBuffer  # VeRL's sync behaviour
     model = build_model(tiny_tokenizer).eval()
     # what VeRL's _setup creates on a cluster: the tokenizer of the model, the actor worker group, the step
     trainer.tokenizer, trainer.global_steps = tiny_tokenizer, 1

@@ -65,6 +65,16 @@ class ComposerTrainer(PPOTrainerSync):
         super().__init__(config)
 
     @property
+    def trainer_mode(self) -> str:
+        """VeRL keys synchronous behaviour (replay buffer, refills, weight sync) on the mode name "sync", and
+        this trainer is VeRL's sync trainer: settings under trainer.v1.sync apply to it."""
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, registered_name: str) -> None:
+        """VeRL's constructor stores the registry name (composer) here; the behaviour stays sync's."""
+
+    @property
     def distilling(self) -> bool:
         return self.composer.distill.weight > 0
 
