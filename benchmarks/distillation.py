@@ -10,7 +10,12 @@ from trl.experimental.gkd.gkd_trainer import GKDTrainer
 from trl.experimental.sdpo import loss_utils
 
 from benchmarks.core import CaseSpec, Pair
-from composer_core.distill import distill_per_token, distill_per_token_from_hidden
+from composer_core.distill import (
+    distill_per_token,
+    distill_per_token_from_hidden,
+    distill_per_token_from_teacher_topk,
+    teacher_topk,
+)
 from composer_core.objectives import aggregate
 
 TOLERANCE = 1e-4
@@ -58,6 +63,8 @@ def divergence_pair(mode: str, alpha: float, tensors: LogitTensors) -> tuple[Los
                 lambda: loss_utils.compute_topk_self_distillation_loss(
                     student, teacher, distillation_topk=TOP_K, distillation_alpha=alpha,
                     distillation_add_tail=tail == "bucket"))
+    if mode == "verl_teacher_topk":
+        return verl_teacher_topk_pair(tensors)
     if mode == "sampled":
         return (lambda: distill_per_token(student, teacher, support="sampled_token", alpha=alpha, token_ids=ids),
                 lambda: loss_utils.compute_sampled_token_self_distillation_loss(student, teacher, ids,
@@ -65,12 +72,31 @@ def divergence_pair(mode: str, alpha: float, tensors: LogitTensors) -> tuple[Los
     raise ValueError(f"unknown divergence benchmark mode {mode!r}")
 
 
+def verl_teacher_topk_pair(tensors: LogitTensors) -> tuple[Loss, Loss]:
+    """The composer VeRL backend's distillation (a teacher shipped as top-K tensors) against VeRL's own
+    on-policy distillation loss, on the packed (1, batch x length, vocab) logits VeRL's FSDP engine passes."""
+    from verl.trainer.distillation.fsdp.losses import compute_forward_kl_topk
+    from verl.workers.config import DistillationConfig, DistillationLossConfig
+
+    vocab = tensors.student.shape[-1]
+    student = tensors.student.view(1, -1, vocab)
+    ids, log_probs = teacher_topk(tensors.teacher.detach().view(1, -1, vocab), TOP_K)
+    offsets = torch.arange(0, student.shape[1] + 1, tensors.student.shape[1], device=student.device)
+    nested_ids = torch.nested.nested_tensor_from_jagged(ids[0], offsets)
+    nested_log_probs = torch.nested.nested_tensor_from_jagged(log_probs[0], offsets)
+    config = DistillationConfig(distillation_loss=DistillationLossConfig(log_prob_min_clamp=None))
+    return (lambda: distill_per_token_from_teacher_topk(student, ids, log_probs, alpha=0.0, tail="none"),
+            lambda: compute_forward_kl_topk(student_logits=student, teacher_topk_log_probs=nested_log_probs,
+                                            teacher_topk_ids=nested_ids, config=config,
+                                            data_format="thd")["distillation_losses"])
+
+
 def prepare_divergence(spec: CaseSpec, device: torch.device) -> Pair:
     """A TRL comparison on (batch, length, vocab) logits; options: mode, alpha."""
     batch, length, vocab = spec.shape
     tensors = make_logits(batch, length, vocab, device)
     ours, theirs = divergence_pair(spec.options["mode"], spec.options["alpha"], tensors)
-    top_k = f", K={TOP_K}" if spec.options["mode"].startswith("topk") else ""
+    top_k = f", K={TOP_K}" if "topk" in spec.options["mode"] else ""
     return Pair(ours, theirs, (tensors.student,), f"{batch}x{length}x{vocab}{top_k}", TOLERANCE)
 
 
@@ -99,7 +125,8 @@ def prepare_hidden(spec: CaseSpec, device: torch.device) -> Pair:
 
 
 def cases(batch: int, length: int, vocab: int, repeats: int) -> list[CaseSpec]:
-    """Full vocabulary (SDPO and GKD), student top-K with tail and renormalised (alpha 0.5), sampled token (1.0)."""
+    """Full vocabulary (SDPO and GKD), student top-K with tail and renormalised (alpha 0.5), sampled token (1.0),
+    and the VeRL backend's teacher top-K tensors against VeRL's own distillation loss (forward KL)."""
     shape = (batch, length, vocab)
     return [
         CaseSpec("full vocab, a=0.5", "divergence", shape, "TRL SDPO full-logit", {"mode": "full", "alpha": 0.5},
@@ -112,6 +139,8 @@ def cases(batch: int, length: int, vocab: int, repeats: int) -> list[CaseSpec]:
                  {"mode": "topk_renormalise", "alpha": 0.5}, repeats),
         CaseSpec("sampled token, a=1.0", "divergence", shape, "TRL SDPO sampled-token",
                  {"mode": "sampled", "alpha": 1.0}, repeats),
+        CaseSpec("teacher top-K tensors, forward KL", "divergence", shape, "verl on-policy distillation top-K",
+                 {"mode": "verl_teacher_topk", "alpha": 0.0}, repeats),
     ]
 
 

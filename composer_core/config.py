@@ -137,7 +137,8 @@ class DistillConfig(StrictModel):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="0 forward KL, 1 reverse KL; SDPO YAML 0.5")
     support: Support = Field("student_topk", description="SDPO: student top-K; OPSD: teacher top-K")
     top_k: int = Field(100, ge=1, description="SDPO 100 (20 in rich-feedback runs)")
-    tail: Tail = Field("bucket", description="bucket: SDPO's tail bucket; renormalise: TRL default, OPSD")
+    tail: Tail = Field("bucket", description="bucket: SDPO's tail bucket; renormalise: TRL default, OPSD; none: "
+                                             "truncated sum over the K entries (VeRL's top-K distillation)")
     temperature: float = Field(1.0, gt=0.0, description="the rollout sampling temperature")
     is_clip: float | None = Field(2.0, gt=0.0, description="cap of the stopped IS weight; None: no correction")
     pointwise_clip: float | None = Field(None, gt=0.0, description="OPSD clips each term at 0.05")

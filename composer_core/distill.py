@@ -23,7 +23,7 @@ from composer_core.errors import BatchError, ConfigError
 from composer_core.plugins import Register, hookimpl
 
 Support = Literal["full", "student_topk", "teacher_topk", "sampled_token"]
-Tail = Literal["bucket", "renormalise"]
+Tail = Literal["bucket", "renormalise", "none"]
 IS_LOG_RATIO_CLAMP = 20.0
 TAIL_LOGSUMEXP_MAX = -1e-7  # keeps log(1 - P_topk) finite when the top-K holds all the mass
 
@@ -96,12 +96,15 @@ def support_log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def with_tail(student: torch.Tensor, teacher: torch.Tensor, tail: Tail) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-K log-probs completed by a tail bucket, or renormalised over the K entries."""
+    """Top-K log-probs completed by a tail bucket, renormalised over the K entries, or left as they are (the
+    divergence is then a truncated sum over the K entries, as VeRL's top-K distillation computes it)."""
     if tail == "bucket":
         return add_tail_bucket(student), add_tail_bucket(teacher)
     if tail == "renormalise":
         return renormalise(student), renormalise(teacher)
-    raise ConfigError(f"unknown top-K tail handling {tail!r}; choose bucket or renormalise")
+    if tail == "none":
+        return student, teacher
+    raise ConfigError(f"unknown top-K tail handling {tail!r}; choose bucket, renormalise or none")
 
 
 def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

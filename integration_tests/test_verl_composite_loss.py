@@ -230,3 +230,32 @@ def test_teacher_pass_returns_the_teacher_topk_at_the_response_positions() -> No
     torch.testing.assert_close(log_probs.to_padded_tensor(0.0)[mask], expected_values.float()[mask])
     value, metrics = loss_fn(model_output=output, data=packed.data)
     assert float(value) == 0.0 and metrics == {}
+
+
+# ---------------------------------------------------------------- against VeRL's own top-K distillation
+
+
+def test_forward_kl_topk_equals_verls_own_distillation_loss() -> None:
+    """VeRL's on-policy distillation (`compute_forward_kl_topk`, FSDP) is the forward KL over the teacher's
+    top-K with no tail: ours with alpha 0, teacher_topk, tail none, on the same packed tensors."""
+    verl_distill = pytest.importorskip("verl.trainer.distillation.fsdp.losses")
+    verl_config = pytest.importorskip("verl.workers.config")
+    from composer_core.distill import distill_per_token_from_teacher_topk
+
+    gen = torch.Generator().manual_seed(11)
+    student = torch.randn(1, 40, VOCAB, generator=gen, dtype=torch.float64, requires_grad=True)
+    ids, log_probs = teacher_topk(torch.randn(1, 40, VOCAB, generator=gen, dtype=torch.float64), TOP_K)
+    offsets = torch.tensor([0, 15, 40])
+    config = verl_config.DistillationConfig(
+        distillation_loss=verl_config.DistillationLossConfig(log_prob_min_clamp=None))
+    theirs = verl_distill.compute_forward_kl_topk(
+        student_logits=student, teacher_topk_log_probs=torch.nested.nested_tensor_from_jagged(log_probs[0], offsets),
+        teacher_topk_ids=torch.nested.nested_tensor_from_jagged(ids[0], offsets), config=config,
+        data_format="thd")["distillation_losses"]
+    ours = distill_per_token_from_teacher_topk(student, ids, log_probs, alpha=0.0, tail="none")
+    # VeRL computes the KL in float32 whatever the input dtype
+    torch.testing.assert_close(ours.float(), theirs, rtol=1e-5, atol=1e-6)
+    (their_grad,) = torch.autograd.grad(theirs.sum(), student)
+    (our_grad,) = torch.autograd.grad(ours.sum(), student)
+    torch.testing.assert_close(our_grad, their_grad, rtol=1e-5, atol=1e-6)
+    assert bool(theirs.abs().sum() > 0)

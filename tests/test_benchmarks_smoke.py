@@ -26,7 +26,7 @@ def _spec(suite, name: str):
 
 
 @pytest.mark.parametrize("name", ["ppo", "ppo via ComposerLoss", "student top-K + tail, a=0.5",
-                                  "chunked from hidden (full, a=0.5)"])
+                                  "teacher top-K tensors, forward KL", "chunked from hidden (full, a=0.5)"])
 def test_a_tiny_case_returns_a_row_with_positive_timings(bench, name: str) -> None:
     _, measure, suite = bench
     row = measure.benchmark_case(_spec(suite, name), measure.Settings(threads=1, warmup=0, isolate=False))
