@@ -130,6 +130,24 @@ def test_a_failing_registration_is_a_warning_naming_the_cause(monkeypatch: pytes
     assert "failed to import" in caplog.text and "unsupported" in caplog.text
 
 
+@pytest.mark.parametrize(("argv", "unread"), [
+    (["actor_rollout_ref.actor.policy_loss.loss_mode=composer_cispo", "+composer.policy.objective.params.x=1"],
+     ["+composer.policy.objective.params.x=1"]),
+    (["trainer.v1.trainer_mode=composer", "+composer.distill.weight=0.5"], []),
+    (["actor_rollout_ref.actor.policy_loss.loss_mode=composer_cispo"], []),
+])
+def test_group_overrides_without_the_composer_trainer_are_flagged(argv: list[str], unread: list[str]) -> None:
+    """The loss modes alone cannot see the composer group; a command line that sets it is warned at import."""
+    assert plugin.unread_group_overrides(argv) == unread
+
+
+def test_the_warning_appears_when_verl_is_imported_from_such_a_command_line() -> None:
+    code = "import sys; sys.argv = ['main_ppo', '+composer.policy.objective.params.lower_clip=false']; import verl"
+    result = fresh_interpreter(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "would be ignored" in result.stderr and "trainer_mode=composer" in result.stderr
+
+
 def test_loading_twice_keeps_one_registration() -> None:
     """verl's estimator registry refuses a second, different function under one name: loading is idempotent."""
     before = core_algos.get_adv_estimator_fn("composer_grpo")

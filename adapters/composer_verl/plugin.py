@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -72,6 +73,14 @@ def register_trainer() -> str | None:
     return TRAINER_NAME
 
 
+def unread_group_overrides(argv: list[str]) -> list[str]:
+    """`composer.*` overrides on a command line that does not select the composer trainer, which reads them."""
+    group = [arg for arg in argv if arg.lstrip("+~").startswith("composer.")]
+    if not group or "trainer.v1.trainer_mode=composer" in argv:
+        return []
+    return group
+
+
 def load() -> None:
     """Register everything, logging (never raising) what went wrong: VeRL would hide the error."""
     if not enabled():
@@ -85,6 +94,10 @@ def load() -> None:
                        type(error).__name__, error)
         return
     register_trainer()
+    unread = unread_group_overrides(sys.argv[1:])
+    if unread:
+        logger.warning("composer-core: %s would be ignored: the composer config group is read by the composer "
+                       "trainer only; add trainer.use_v1=true trainer.v1.trainer_mode=composer", unread[0])
 
 
 load()
