@@ -124,3 +124,20 @@ def test_a_changed_model_is_refused(tiny_tokenizer) -> None:
     shadow = TeacherShadow(list(model.parameters()), "ema", 0.1)
     with pytest.raises(RuntimeError, match="changed shape or number"):
         shadow.update(list(model.parameters())[:-1])
+
+
+def test_teacher_copy_resumes_from_its_checkpoint_file(tiny_tokenizer, tmp_path) -> None:
+    model = build_model(tiny_tokenizer)
+    shadow = TeacherShadow(list(model.parameters()), "ema", 0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    shadow.update(list(model.parameters()))
+    shadow.save(tmp_path / "teacher.pt")
+    resumed = TeacherShadow(list(model.parameters()), "ema", 0.5)  # a restart copies the resumed policy...
+    resumed.load(tmp_path / "teacher.pt")  # ...then takes the saved teacher
+    for a, b in zip(resumed.weights, shadow.weights, strict=True):
+        torch.testing.assert_close(a, b)
+    other = TeacherShadow(list(model.parameters())[:-1], "ema", 0.5)
+    with pytest.raises(RuntimeError, match="another model or sharding"):
+        other.load(tmp_path / "teacher.pt")

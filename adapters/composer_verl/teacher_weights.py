@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -68,3 +69,21 @@ class TeacherShadow:
             held = policy.clone()
             policy.copy_(teacher)
             teacher.copy_(held)
+
+    def save(self, path: Path) -> None:
+        """This rank's teacher tensors (a checkpoint holds one file per rank, beside the actor's)."""
+        torch.save({"kind": self.kind, "rate": self.rate, "weights": [w.cpu() for w in self.weights]}, path)
+
+    @torch.no_grad()
+    def load(self, path: Path) -> None:
+        """Resume the teacher saved by `save`; a different model or sharding is refused, not half-loaded."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        weights = saved["weights"]
+        if len(weights) != len(self.weights) or any(a.shape != b.shape for a, b in zip(weights, self.weights,
+                                                                                        strict=True)):
+            raise RuntimeError(f"{path} holds a teacher for another model or sharding ({len(weights)} tensors); "
+                               "resume with the same model and data-parallel layout, or delete it to restart "
+                               "the teacher from the policy")
+        for mine, stored in zip(self.weights, weights, strict=True):
+            mine.copy_(stored)
+

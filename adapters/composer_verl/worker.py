@@ -6,6 +6,7 @@ the role -> worker-class mapping for that); everything else is VeRL's worker unc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ class ComposerActorWorker(ActorRolloutRefWorker):
     """`compute_teacher_topk` runs the actor's forward with the teacher's weights; `update_teacher` moves them."""
 
     teacher: TeacherShadow | None = None
+    resumed_from: str | None = None  # the checkpoint folder VeRL loaded; the teacher resumes from it too
 
     def _policy_parameters(self) -> list[torch.Tensor]:
         module = getattr(self.actor.engine, "module", None)
@@ -28,10 +30,31 @@ class ComposerActorWorker(ActorRolloutRefWorker):
                                       f"{type(self.actor.engine).__name__} has none")
         return list(module.parameters())
 
+    def _teacher_file(self, folder: str) -> Path:
+        return Path(folder) / f"composer_teacher_rank{self.rank}.pt"
+
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_teacher(self, kind: str, rate: float) -> None:
-        """Copy the current policy as the teacher ("ema" or "frozen"); a "live" teacher needs no copy."""
+        """Copy the current policy as the teacher ("ema" or "frozen"), or resume the saved one; a "live" teacher
+        needs no copy."""
         self.teacher = TeacherShadow(self._policy_parameters(), kind, rate) if kind in SHADOW_TEACHERS else None
+        if self.teacher is not None and self.resumed_from and self._teacher_file(self.resumed_from).exists():
+            self.teacher.load(self._teacher_file(self.resumed_from))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, local_path: str, hdfs_path: str | None = None, global_step: int = 0,
+                        max_ckpt_to_keep: int | None = None) -> None:
+        """VeRL's actor checkpoint, plus this rank's teacher copy in the same folder."""
+        super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
+        if self.teacher is not None:
+            self.teacher.save(self._teacher_file(local_path))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, local_path: str, hdfs_path: str | None = None, del_local_after_load: bool = False
+                        ) -> None:
+        """VeRL loads the actor before the trainer makes the teacher copy: remember where to resume it from."""
+        super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
+        self.resumed_from = local_path
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def update_teacher(self) -> None:
