@@ -39,9 +39,10 @@ pytestmark = pytest.mark.backend("verl")
 TOP_K = 4
 OVERRIDES = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
              "actor_rollout_ref.actor.policy_loss.loss_mode=composer_dr_grpo", "trainer.use_v1=true",
-             "trainer.v1.trainer_mode=composer", "+composer.distill.weight=0.5",
-             "+composer.distill.support=teacher_topk", "+composer.distill.teacher=live",
+             "trainer.v1.trainer_mode=composer", "+composer.distill.weight=0.5", "+composer.distill.teacher=live",
              f"+composer.distill.top_k={TOP_K}"]
+SUPPORTS = {"teacher_topk": ["+composer.distill.support=teacher_topk"],
+            "sampled_token": ["+composer.distill.support=sampled_token", "+composer.distill.alpha=1.0"]}
 QUESTION = [{"role": "user", "content": "what is two plus two"}]
 OTHER = [{"role": "user", "content": "which test fail"}]
 # (prompt messages, response text, reward, uid, hint in the dataset row, feedback from the reward function)
@@ -70,12 +71,16 @@ class CPUActorGroup:
 
     @tqbridge()
     def compute_teacher_topk(self, data: TensorDict) -> TensorDict:
+        """Like the engine: packed logits to the logits processor, plus `log_probs` of each next token."""
         offsets = data["input_ids"].offsets()
         with torch.no_grad():
             logits = torch.cat([self.model(input_ids=ids.unsqueeze(0)).logits[0]
                                 for ids in data["input_ids"].unbind()])
-        outputs = self.loss(student_logits=logits.unsqueeze(0), data=data)
-        return TensorDict({key: torch.nested.nested_tensor_from_jagged(value.squeeze(0), offsets)
+        labels = data["input_ids"].values().roll(-1)
+        outputs = {"log_probs": torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1),
+                   **{key: value.squeeze(0) for key, value in
+                      self.loss(student_logits=logits.unsqueeze(0), data=data).items()}}
+        return TensorDict({key: torch.nested.nested_tensor_from_jagged(value, offsets)
                            for key, value in outputs.items()}, batch_size=[len(offsets) - 1])
 
 
@@ -96,8 +101,10 @@ def training_batch(tokenizer: Any) -> Any:
     return tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(fields), tags=tags)
 
 
-def expected_topk(tokenizer: Any, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
-    """Independently: each sample's teacher context, the model on it, the top-K predicting each response token."""
+def expected_teacher(tokenizer: Any, model: torch.nn.Module, support: str
+                     ) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """Independently: each sample's teacher context, the model on it, the top-K predicting each response token
+    (sampled_token: the response token and its log-prob)."""
     contexts = build_teacher_contexts([s[0] for s in SAMPLES], [s[1] for s in SAMPLES], [s[3] for s in SAMPLES],
                                       [s[2] for s in SAMPLES], hints=[s[4] for s in SAMPLES],
                                       feedback=[s[5] for s in SAMPLES],
@@ -108,17 +115,24 @@ def expected_topk(tokenizer: Any, model: torch.nn.Module) -> list[tuple[torch.Te
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([prompt + response_ids])).logits[0]
-        ids, values = teacher_topk(logits[len(prompt) - 1: len(prompt) - 1 + len(response_ids)], TOP_K)
+        predicting = logits[len(prompt) - 1: len(prompt) - 1 + len(response_ids)]
+        if support == "sampled_token":
+            ids = torch.tensor(response_ids).unsqueeze(-1)
+            values = torch.log_softmax(predicting, -1).gather(-1, ids)
+        else:
+            ids, values = teacher_topk(predicting, TOP_K)
         expected.append((ids, values, context.messages is not None))
     return expected
 
 
-def test_teacher_pass_writes_the_teacher_topk_of_each_context(transfer_queue: Any, tiny_tokenizer: Any) -> None:
+@pytest.mark.parametrize("support", list(SUPPORTS))
+def test_teacher_pass_writes_the_teacher_of_each_context(transfer_queue: Any, tiny_tokenizer: Any,
+                                                         support: str) -> None:
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
-        config = hydra.compose(config_name="ppo_trainer", overrides=OVERRIDES)
+        config = hydra.compose(config_name="ppo_trainer", overrides=OVERRIDES + SUPPORTS[support])
     trainer = get_trainer_cls("composer")(config)
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
@@ -134,22 +148,23 @@ def test_teacher_pass_writes_the_teacher_topk_of_each_context(transfer_queue: An
     assert {TEACHER_IDS, TEACHER_LOG_PROBS, DISTILL_MASK} <= set(batch.fields)
     stored = tq.kv_batch_get(keys=batch.keys, partition_id="train",
                              select_fields=[TEACHER_IDS, TEACHER_LOG_PROBS, DISTILL_MASK])
-    for index, (ids, values, targeted) in enumerate(expected_topk(tiny_tokenizer, model)):
+    expected = expected_teacher(tiny_tokenizer, model, support)
+    for index, (ids, values, targeted) in enumerate(expected):
         torch.testing.assert_close(stored[TEACHER_IDS][index], ids)
         torch.testing.assert_close(stored[TEACHER_LOG_PROBS][index], values, rtol=1e-5, atol=1e-6)
         mask = stored[DISTILL_MASK][index]
         assert bool(mask.all()) == targeted and bool(mask.any()) == targeted
     # sample 1 has a successful sibling (and its feedback is dropped: SDPO's feedback_only_without_solution)
-    assert [e[2] for e in expected_topk(tiny_tokenizer, model)] == [False, True, True, True, False]
+    assert [e[2] for e in expected] == [False, True, True, True, False]
     assert metrics["composer/distill_rows"] == pytest.approx(3 / 5)
     for source in ("demonstration", "feedback", "hint"):
         assert metrics[f"composer/distill_{source}_fraction"] == pytest.approx(1 / 5)
     assert tq.kv_list(partition_id=TEACHER_PARTITION) == {TEACHER_PARTITION: {}}  # teacher rows cleared
-    student_update_reads_the_stored_teacher(trainer, model, batch)
+    student_update_reads_the_stored_teacher(trainer, model, batch, support)
     tq.kv_clear(keys=batch.keys, partition_id="train")
 
 
-def student_update_reads_the_stored_teacher(trainer: Any, model: torch.nn.Module, batch: Any) -> None:
+def student_update_reads_the_stored_teacher(trainer: Any, model: torch.nn.Module, batch: Any, support: str) -> None:
     """The update's logits processor on the stored batch: the divergence to the stored top-K, per response token."""
     data = tq.kv_batch_get(keys=batch.keys, partition_id="train")
     logits = torch.cat([model(input_ids=ids.unsqueeze(0)).logits[0] for ids in data["input_ids"].unbind()])
@@ -159,5 +174,6 @@ def student_update_reads_the_stored_teacher(trainer: Any, model: torch.nn.Module
     for index in range(len(SAMPLES)):
         length = int(data["response_mask"][index].sum())
         expected = distill_per_token_from_teacher_topk(student[index, :length], data[TEACHER_IDS][index],
-                                                       data[TEACHER_LOG_PROBS][index])
+                                                       data[TEACHER_LOG_PROBS][index], support=support,
+                                                       alpha=trainer.composer.distill.alpha)
         torch.testing.assert_close(per_token[index, :length], expected, rtol=1e-5, atol=1e-6)

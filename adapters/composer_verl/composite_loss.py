@@ -119,10 +119,11 @@ class ComposerActorLoss:
 
         The logits are the teacher context's (same weights for a live teacher, swapped-in ones otherwise)."""
         settings = self.composer.distill
-        k = 1 if settings.support == "sampled_token" else settings.top_k
+        if settings.support == "sampled_token":
+            return {}  # the teacher's log-prob of each sampled token is VeRL's own `log_probs` output
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        values, ids = log_probs.topk(k, dim=-1)
-        id_keys, value_keys = topk_keys(k)
+        values, ids = log_probs.topk(settings.top_k, dim=-1)
+        id_keys, value_keys = topk_keys(settings.top_k)
         # ids travel as float32 (exact below 2**24): VeRL all-gathers these outputs across sequence-parallel
         # ranks through an autograd function
         outputs = {key: ids[..., i].float().contiguous() for i, key in enumerate(id_keys)}

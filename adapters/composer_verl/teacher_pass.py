@@ -5,7 +5,8 @@
    layout VeRL's engine reads (input_ids, position_ids, prompts, responses, response_mask, loss_mask).
 2. The actor's forward on those rows returns the teacher's top-K at every position (`composite_loss`).
 3. `response_topk`: the top-K at the positions that predict the response tokens, per sample (R_i, K); they
-   are stored with the student's sample and placed at its own positions by the logits processor.
+   are stored with the student's sample and placed at its own positions by the logits processor. With the
+   sampled_token support, `response_sampled` keeps the teacher's log-prob of each sampled token (K = 1).
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ def response_topk(output: TensorDict, response_mask: torch.Tensor, top_k: int
         return nested(list(rows.split(lengths)))
 
     return stacked(id_keys, torch.long), stacked(value_keys, torch.float32)
+
+
+def response_sampled(output: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the sampled_token support: the response tokens and the teacher's log-prob of each, per sample
+    (R_i, 1), from VeRL's own `log_probs` output of the teacher forward."""
+    if "log_probs" not in output.keys():  # noqa: SIM118 - TensorDict
+        raise BatchError("the teacher pass returned no log_probs; VeRL computes them unless distillation_only is set")
+    response_mask = output["response_mask"]
+    log_probs = response_from_nested(output["log_probs"], response_mask)
+    ids = [row.unsqueeze(-1) for row in output["responses"].unbind()]
+    return nested(ids), nested([row.float().unsqueeze(-1) for row in log_probs.unbind()])
 
 
 def student_fields(ids: torch.Tensor, log_probs: torch.Tensor, response_mask: torch.Tensor,

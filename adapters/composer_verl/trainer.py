@@ -31,7 +31,14 @@ from composer_core.selfteach import RepromptSettings, TeacherContext, build_teac
 from composer_verl.actor_settings import objective_params
 from composer_verl.composite_loss import TEACHER_PASS, ComposerActorLoss, topk_keys
 from composer_verl.group import composer_settings
-from composer_verl.teacher_pass import messages_of, response_topk, sequence_rewards, student_fields, teacher_rows
+from composer_verl.teacher_pass import (
+    messages_of,
+    response_sampled,
+    response_topk,
+    sequence_rewards,
+    student_fields,
+    teacher_rows,
+)
 from composer_verl.worker import ComposerActorWorker
 
 TRAINER_NAME = "composer"
@@ -124,11 +131,7 @@ class ComposerTrainer(PPOTrainerSync):
                                     "calculate_entropy": False, TEACHER_PASS: True,
                                     "temperature": self.config.actor_rollout_ref.rollout.temperature}
         self.actor_rollout_wg.compute_teacher_topk(teacher_batch)
-        top_k = 1 if self.composer.distill.support == "sampled_token" else self.composer.distill.top_k
-        id_keys, value_keys = topk_keys(top_k)
-        output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
-                                 select_fields=[*id_keys, *value_keys, "response_mask"])
-        ids, log_probs = response_topk(output, output["response_mask"], top_k)
+        ids, log_probs = self._teacher_outputs(keys)
         tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
         targeted = [context.messages is not None for context in contexts]
         updated = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
@@ -136,6 +139,19 @@ class ComposerTrainer(PPOTrainerSync):
         batch.fields = updated.fields
         self._record(contexts, metrics)
         return batch
+
+    def _teacher_outputs(self, keys: list[str]) -> tuple[Any, Any]:
+        """Per sample and response token: the teacher's top-K (or, for sampled_token, its sampled-token
+        log-prob), read back from the teacher partition."""
+        settings = self.composer.distill
+        if settings.support == "sampled_token":
+            output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
+                                     select_fields=["log_probs", "responses", "response_mask"])
+            return response_sampled(output)
+        id_keys, value_keys = topk_keys(settings.top_k)
+        output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
+                                 select_fields=[*id_keys, *value_keys, "response_mask"])
+        return response_topk(output, output["response_mask"], settings.top_k)
 
     def _record(self, contexts: list[TeacherContext], metrics: dict) -> None:
         """Per step: how many rows have a teacher, by source; a step without any is a reported event."""
