@@ -13,7 +13,7 @@ from benchmarks.core import CaseSpec, Pair
 from composer_core.distill import (
     distill_per_token,
     distill_per_token_from_hidden,
-    distill_per_token_from_teacher_topk,
+    distill_per_token_precomputed,
     teacher_topk,
 )
 from composer_core.objectives import aggregate
@@ -85,7 +85,7 @@ def verl_teacher_topk_pair(tensors: LogitTensors) -> tuple[Loss, Loss]:
     nested_ids = torch.nested.nested_tensor_from_jagged(ids[0], offsets)
     nested_log_probs = torch.nested.nested_tensor_from_jagged(log_probs[0], offsets)
     config = DistillationConfig(distillation_loss=DistillationLossConfig(log_prob_min_clamp=None))
-    return (lambda: distill_per_token_from_teacher_topk(student, ids, log_probs, alpha=0.0, tail="none"),
+    return (lambda: distill_per_token_precomputed(student, ids, log_probs, alpha=0.0, tail="none"),
             lambda: compute_forward_kl_topk(student_logits=student, teacher_topk_log_probs=nested_log_probs,
                                             teacher_topk_ids=nested_ids, config=config,
                                             data_format="thd")["distillation_losses"])

@@ -152,21 +152,23 @@ def distill_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return terms.sum(-1)
 
 
-def distill_per_token_from_teacher_topk(student_logits: torch.Tensor, teacher_ids: torch.Tensor,
-                                         teacher_log_probs: torch.Tensor, *, support: Support = "teacher_topk",
-                                         alpha: float = 0.5, tail: Tail = "bucket", temperature: float = 1.0,
-                                         pointwise_clip: float | None = None,
-                                         divergence: Divergence | None = None) -> torch.Tensor:
-    """`distill_per_token` when the teacher arrives as top-K tensors computed earlier (a separate forward).
+def distill_per_token_precomputed(student_logits: torch.Tensor, support_ids: torch.Tensor,
+                                  teacher_log_probs: torch.Tensor, *, support: Support = "teacher_topk",
+                                  alpha: float = 0.5, tail: Tail = "bucket", temperature: float = 1.0,
+                                  pointwise_clip: float | None = None,
+                                  divergence: Divergence | None = None) -> torch.Tensor:
+    """`distill_per_token` when the teacher was computed earlier, in a separate forward, and arrives as tensors.
 
-    teacher_ids / teacher_log_probs (..., K): the teacher's top-K token ids and their log-probs at the same
-    temperature. With support "teacher_topk" this equals `distill_per_token(support="teacher_topk")` on the
-    full teacher logits; with "sampled_token", K is 1 and the ids are the sampled tokens.
+    support_ids / teacher_log_probs (..., K): the token ids the divergence runs over and the teacher's
+    log-probs there, at the same temperature. "teacher_topk": the teacher's top-K (this equals
+    `distill_per_token(support="teacher_topk")` on the full teacher logits); "student_topk": the student's
+    top-K taken when the teacher was computed (before the update, so the behaviour policy's top-K, which is the
+    current student's on the first on-policy step); "sampled_token": K is 1 and the ids are the sampled tokens.
     """
     check_float("student_logits", student_logits)
     check_float("teacher_log_probs", teacher_log_probs)
-    if teacher_ids.shape != teacher_log_probs.shape or teacher_ids.shape[:-1] != student_logits.shape[:-1]:
-        raise BatchError(f"teacher_ids {tuple(teacher_ids.shape)} and teacher_log_probs "
+    if support_ids.shape != teacher_log_probs.shape or support_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise BatchError(f"support_ids {tuple(support_ids.shape)} and teacher_log_probs "
                          f"{tuple(teacher_log_probs.shape)} must both be {tuple(student_logits.shape[:-1])} + (K,)")
     if temperature <= 0:
         raise ConfigError(f"distillation temperature must be positive, got {temperature}")
@@ -174,15 +176,15 @@ def distill_per_token_from_teacher_topk(student_logits: torch.Tensor, teacher_id
         student_logits = student_logits / temperature
     teacher = teacher_log_probs.detach()
     if support == "sampled_token":
-        if teacher_ids.shape[-1] != 1:
+        if support_ids.shape[-1] != 1:
             raise BatchError(f"the sampled_token support takes the teacher's log-prob of the sampled token only "
-                             f"(K = 1), got K = {teacher_ids.shape[-1]}")
-        log_p = token_log_probs(student_logits, teacher_ids[..., 0])
+                             f"(K = 1), got K = {support_ids.shape[-1]}")
+        log_p = token_log_probs(student_logits, support_ids[..., 0])
         return (log_p - teacher[..., 0]).detach() * log_p
-    if support != "teacher_topk":
+    if support not in ("teacher_topk", "student_topk"):
         raise ConfigError(f"support {support!r} needs the teacher's full logits at training time; with a "
-                          "precomputed teacher choose teacher_topk or sampled_token")
-    student, teacher = with_tail(torch.log_softmax(student_logits, dim=-1).gather(-1, teacher_ids), teacher, tail)
+                          "precomputed teacher choose teacher_topk, student_topk or sampled_token")
+    student, teacher = with_tail(torch.log_softmax(student_logits, dim=-1).gather(-1, support_ids), teacher, tail)
     terms = (divergence.pointwise if divergence else generalized_jsd_terms)(student, teacher, alpha)
     if pointwise_clip is not None:
         terms = terms.clamp(max=pointwise_clip)

@@ -201,10 +201,10 @@ def test_missing_teacher_tensors_name_the_trainer() -> None:
         loss_fn(student_logits=torch.randn(1, total, VOCAB), data=packed.data)
 
 
-def test_student_topk_support_is_refused_with_a_precomputed_teacher() -> None:
+def test_full_support_is_refused_with_a_precomputed_teacher() -> None:
     packed, student, _ = distill_batch(seed=8, targeted_rows=[0])
-    loss_fn = ComposerActorLoss(actor_config("composer_dr_grpo", **SETTINGS), distill_group(support="student_topk"))
-    with pytest.raises(ConfigError, match="teacher_topk"):
+    loss_fn = ComposerActorLoss(actor_config("composer_dr_grpo", **SETTINGS), distill_group(support="full"))
+    with pytest.raises(ConfigError, match="full logits"):
         loss_fn(student_logits=student, data=packed.data)
 
 
@@ -240,7 +240,7 @@ def test_forward_kl_topk_equals_verls_own_distillation_loss() -> None:
     top-K with no tail: ours with alpha 0, teacher_topk, tail none, on the same packed tensors."""
     verl_distill = pytest.importorskip("verl.trainer.distillation.fsdp.losses")
     verl_config = pytest.importorskip("verl.workers.config")
-    from composer_core.distill import distill_per_token_from_teacher_topk
+    from composer_core.distill import distill_per_token_precomputed
 
     gen = torch.Generator().manual_seed(11)
     student = torch.randn(1, 40, VOCAB, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -252,7 +252,7 @@ def test_forward_kl_topk_equals_verls_own_distillation_loss() -> None:
         student_logits=student, teacher_topk_log_probs=torch.nested.nested_tensor_from_jagged(log_probs[0], offsets),
         teacher_topk_ids=torch.nested.nested_tensor_from_jagged(ids[0], offsets), config=config,
         data_format="thd")["distillation_losses"]
-    ours = distill_per_token_from_teacher_topk(student, ids, log_probs, alpha=0.0, tail="none")
+    ours = distill_per_token_precomputed(student, ids, log_probs, alpha=0.0, tail="none")
     # VeRL computes the KL in float32 whatever the input dtype
     torch.testing.assert_close(ours.float(), theirs, rtol=1e-5, atol=1e-6)
     (their_grad,) = torch.autograd.grad(theirs.sum(), student)

@@ -89,7 +89,7 @@ def test_cli_train_on_verl_points_to_verls_launcher(tmp_path: Any, capsys: pytes
 
 REFUSED = {
     "preference channel": ({"preference": {"weight": 0.5}}, [], "trace-replay DPO"),
-    "student top-K": ({"distill": {"weight": 0.5}}, [], "support"),
+    "full-vocabulary support": ({"distill": {"weight": 0.5, "support": "full"}}, [], "support"),
 }
 
 

@@ -29,7 +29,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
 from verl.utils.transferqueue_utils import tqbridge  # noqa: E402
 from verl.workers.utils.padding import no_padding_2_padding  # noqa: E402
 
-from composer_core.distill import distill_per_token_from_teacher_topk, teacher_topk  # noqa: E402
+from composer_core.distill import distill_per_token_precomputed, teacher_topk  # noqa: E402
 from composer_core.selfteach import RepromptSettings, build_teacher_contexts, template_ids  # noqa: E402
 from composer_verl.composite_loss import DISTILL_MASK, TEACHER_IDS, TEACHER_LOG_PROBS, ComposerActorLoss  # noqa: E402
 from composer_verl.trainer import TEACHER_PARTITION  # noqa: E402
@@ -41,7 +41,8 @@ OVERRIDES = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
              "actor_rollout_ref.actor.policy_loss.loss_mode=composer_dr_grpo", "trainer.use_v1=true",
              "trainer.v1.trainer_mode=composer", "+composer.distill.weight=0.5", "+composer.distill.teacher=live",
              f"+composer.distill.top_k={TOP_K}"]
-SUPPORTS = {"teacher_topk": ["+composer.distill.support=teacher_topk"],
+SUPPORTS = {"student_topk": ["+composer.distill.support=student_topk"],
+            "teacher_topk": ["+composer.distill.support=teacher_topk"],
             "sampled_token": ["+composer.distill.support=sampled_token", "+composer.distill.alpha=1.0"]}
 QUESTION = [{"role": "user", "content": "what is two plus two"}]
 OTHER = [{"role": "user", "content": "which test fail"}]
@@ -83,6 +84,9 @@ class CPUActorGroup:
         return TensorDict({key: torch.nested.nested_tensor_from_jagged(value, offsets)
                            for key, value in outputs.items()}, batch_size=[len(offsets) - 1])
 
+    # VeRL's compute_log_prob is the same forward without the teacher's weights (a live teacher has none)
+    compute_log_prob = compute_teacher_topk
+
 
 def training_batch(tokenizer: Any) -> Any:
     """The samples as VeRL's agent loop stores them in the training partition."""
@@ -104,7 +108,8 @@ def training_batch(tokenizer: Any) -> Any:
 def expected_teacher(tokenizer: Any, model: torch.nn.Module, support: str
                      ) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
     """Independently: each sample's teacher context, the model on it, the top-K predicting each response token
-    (sampled_token: the response token and its log-prob)."""
+    (student_topk: the student's own top-K there and the teacher's log-probs at those ids; sampled_token: the
+    response token and its log-prob)."""
     contexts = build_teacher_contexts([s[0] for s in SAMPLES], [s[1] for s in SAMPLES], [s[3] for s in SAMPLES],
                                       [s[2] for s in SAMPLES], hints=[s[4] for s in SAMPLES],
                                       feedback=[s[5] for s in SAMPLES],
@@ -116,7 +121,13 @@ def expected_teacher(tokenizer: Any, model: torch.nn.Module, support: str
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([prompt + response_ids])).logits[0]
         predicting = logits[len(prompt) - 1: len(prompt) - 1 + len(response_ids)]
-        if support == "sampled_token":
+        if support == "student_topk":
+            own_prompt = template_ids(tokenizer, messages, {})
+            with torch.no_grad():
+                own = model(input_ids=torch.tensor([own_prompt + response_ids])).logits[0]
+            ids = own[len(own_prompt) - 1: len(own_prompt) - 1 + len(response_ids)].topk(TOP_K, dim=-1).indices
+            values = torch.log_softmax(predicting, -1).gather(-1, ids)
+        elif support == "sampled_token":
             ids = torch.tensor(response_ids).unsqueeze(-1)
             values = torch.log_softmax(predicting, -1).gather(-1, ids)
         else:
@@ -173,7 +184,7 @@ def student_update_reads_the_stored_teacher(trainer: Any, model: torch.nn.Module
     student = no_padding_2_padding(logits, data)
     for index in range(len(SAMPLES)):
         length = int(data["response_mask"][index].sum())
-        expected = distill_per_token_from_teacher_topk(student[index, :length], data[TEACHER_IDS][index],
+        expected = distill_per_token_precomputed(student[index, :length], data[TEACHER_IDS][index],
                                                        data[TEACHER_LOG_PROBS][index], support=support,
                                                        alpha=trainer.composer.distill.alpha)
         torch.testing.assert_close(per_token[index, :length], expected, rtol=1e-5, atol=1e-6)

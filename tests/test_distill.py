@@ -142,7 +142,7 @@ def test_bad_distill_inputs_are_named() -> None:
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_teacher_topk_tensors_equal_the_full_teacher_logits(tail: str, temperature: float) -> None:
     """Shipping the teacher as (ids, log-probs) top-K gives the same loss and gradient as its full logits."""
-    from composer_core.distill import distill_per_token_from_teacher_topk, teacher_topk
+    from composer_core.distill import distill_per_token_precomputed, teacher_topk
 
     gen = torch.Generator().manual_seed(3)
     student = torch.randn(3, 5, 40, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -150,7 +150,7 @@ def test_teacher_topk_tensors_equal_the_full_teacher_logits(tail: str, temperatu
     full = distill_per_token(student, teacher, support="teacher_topk", top_k=6, tail=tail, alpha=0.3,
                              temperature=temperature)
     ids, log_probs = teacher_topk(teacher, 6, temperature)
-    shipped = distill_per_token_from_teacher_topk(student, ids, log_probs.double(), tail=tail, alpha=0.3,
+    shipped = distill_per_token_precomputed(student, ids, log_probs.double(), tail=tail, alpha=0.3,
                                                   temperature=temperature)
     torch.testing.assert_close(shipped, full)
     (grad_full,) = torch.autograd.grad(full.sum(), student)
@@ -160,31 +160,44 @@ def test_teacher_topk_tensors_equal_the_full_teacher_logits(tail: str, temperatu
 
 
 def test_teacher_topk_sampled_token_equals_the_full_teacher_logits() -> None:
-    from composer_core.distill import distill_per_token_from_teacher_topk, token_log_probs
+    from composer_core.distill import distill_per_token_precomputed, token_log_probs
 
     gen = torch.Generator().manual_seed(4)
     student = torch.randn(2, 4, 30, generator=gen, dtype=torch.float64)
     teacher = torch.randn(2, 4, 30, generator=gen, dtype=torch.float64)
     tokens = torch.randint(0, 30, (2, 4), generator=gen)
     full = distill_per_token(student, teacher, support="sampled_token", alpha=1.0, token_ids=tokens)
-    shipped = distill_per_token_from_teacher_topk(student, tokens.unsqueeze(-1),
+    shipped = distill_per_token_precomputed(student, tokens.unsqueeze(-1),
                                                   token_log_probs(teacher, tokens).unsqueeze(-1),
                                                   support="sampled_token")
     torch.testing.assert_close(shipped, full)
 
 
-@pytest.mark.parametrize(("support", "message"), [("student_topk", "full logits"), ("full", "full logits")])
-def test_teacher_topk_refuses_supports_that_need_the_full_teacher(support: str, message: str) -> None:
-    from composer_core.distill import distill_per_token_from_teacher_topk
+def test_student_topk_support_ids_equal_the_full_teacher_logits() -> None:
+    """The student's top-K taken beforehand and the teacher's log-probs there give SDPO's student-top-K loss."""
+    from composer_core.distill import distill_per_token_precomputed
+
+    gen = torch.Generator().manual_seed(5)
+    student = torch.randn(2, 4, 30, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(2, 4, 30, generator=gen, dtype=torch.float64)
+    full = distill_per_token(student, teacher, support="student_topk", top_k=5, alpha=0.5)
+    ids = student.topk(5, dim=-1).indices
+    shipped = distill_per_token_precomputed(student, ids, torch.log_softmax(teacher, -1).gather(-1, ids),
+                                            support="student_topk", alpha=0.5)
+    torch.testing.assert_close(shipped, full)
+
+
+def test_precomputed_teacher_refuses_the_full_support() -> None:
+    from composer_core.distill import distill_per_token_precomputed
 
     ids = torch.zeros(1, 2, 3, dtype=torch.long)
-    with pytest.raises(ConfigError, match=message):
-        distill_per_token_from_teacher_topk(torch.randn(1, 2, 9), ids, torch.full((1, 2, 3), -2.0), support=support)
+    with pytest.raises(ConfigError, match="full logits"):
+        distill_per_token_precomputed(torch.randn(1, 2, 9), ids, torch.full((1, 2, 3), -2.0), support="full")
 
 
 def test_teacher_topk_shape_mismatch_is_named() -> None:
-    from composer_core.distill import distill_per_token_from_teacher_topk
+    from composer_core.distill import distill_per_token_precomputed
 
-    with pytest.raises(BatchError, match="teacher_ids"):
-        distill_per_token_from_teacher_topk(torch.randn(1, 2, 9), torch.zeros(1, 3, 3, dtype=torch.long),
+    with pytest.raises(BatchError, match="support_ids"):
+        distill_per_token_precomputed(torch.randn(1, 2, 9), torch.zeros(1, 3, 3, dtype=torch.long),
                                             torch.full((1, 3, 3), -2.0))

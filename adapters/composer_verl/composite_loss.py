@@ -29,7 +29,7 @@ from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from composer_core.config import ComposerConfig
-from composer_core.distill import distill_per_token_from_teacher_topk, importance_weight
+from composer_core.distill import distill_per_token_precomputed, importance_weight
 from composer_core.errors import BatchError, ConfigError
 from composer_core.loss import EmptyDistillMaskWarning
 from composer_core.objectives import aggregate
@@ -43,6 +43,8 @@ TEACHER_LOG_PROBS = "composer_teacher_log_probs"
 DISTILL_MASK = "composer_distill_mask"
 DISTILL_OUTPUT = "composer_distill"
 TEACHER_PASS = "composer_teacher_pass"  # non-tensor flag: this forward is the teacher's, return its top-K
+STUDENT_PASS = "composer_student_pass"  # non-tensor flag: the student's forward before the update (student_topk)
+SUPPORT_IDS = "composer_support_ids"  # per response token: the student's top-K ids, for the teacher pass
 
 
 def topk_keys(top_k: int) -> tuple[list[str], list[str]]:
@@ -98,37 +100,53 @@ class ComposerActorLoss:
     # ------------------------------------------------------------ logits processor
 
     def logits_processor(self, student_logits: torch.Tensor, data: TensorDict) -> dict[str, torch.Tensor]:
+        if tu.get_non_tensor_data(data=data, key=STUDENT_PASS, default=False):
+            return self.student_topk(student_logits)
         if tu.get_non_tensor_data(data=data, key=TEACHER_PASS, default=False):
-            return self.teacher_topk(student_logits)
+            return self.teacher_support(student_logits, data)
         settings = self.composer.distill
-        for key in (TEACHER_IDS, TEACHER_LOG_PROBS):
-            if key not in data.keys():  # noqa: SIM118 - TensorDict membership goes through keys()
-                raise BatchError(f"the micro-batch has no {key!r}: the composer trainer writes the teacher's top-K "
-                                 "before the update; set trainer.v1.trainer_mode=composer")
-        total = data["input_ids"].values().shape[0] if data["input_ids"].is_nested else student_logits.shape[1]
-        ids = self._local(to_packed(data[TEACHER_IDS], data, total), student_logits)
-        log_probs = self._local(to_packed(data[TEACHER_LOG_PROBS], data, total), student_logits)
-        per_token = distill_per_token_from_teacher_topk(
+        ids = self._packed_field(data, TEACHER_IDS, student_logits)
+        log_probs = self._packed_field(data, TEACHER_LOG_PROBS, student_logits)
+        per_token = distill_per_token_precomputed(
             student_logits, ids, log_probs.to(student_logits.dtype), support=settings.support, alpha=settings.alpha,
             tail=settings.tail, temperature=1.0, pointwise_clip=settings.pointwise_clip,
             divergence=self.composer.distill.resolve_divergence())
         return {DISTILL_OUTPUT: per_token}
 
-    def teacher_topk(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The teacher pass: top-K ids and log-probs at every position, one (1, total_nnz) tensor per key.
+    def student_topk(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student pass (support student_topk): the student's top-K ids at every position."""
+        ids = logits.topk(self.composer.distill.top_k, dim=-1).indices
+        return self._per_key(topk_keys(self.composer.distill.top_k)[0], ids.float())
 
-        The logits are the teacher context's (same weights for a live teacher, swapped-in ones otherwise)."""
+    def teacher_support(self, logits: torch.Tensor, data: TensorDict) -> dict[str, torch.Tensor]:
+        """The teacher pass: the teacher's log-probs over the support at every position, with the support's ids
+        when the teacher chooses them (teacher_topk). The logits are the teacher context's, under the teacher's
+        weights (the current ones for a live teacher)."""
         settings = self.composer.distill
         if settings.support == "sampled_token":
             return {}  # the teacher's log-prob of each sampled token is VeRL's own `log_probs` output
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        values, ids = log_probs.topk(settings.top_k, dim=-1)
         id_keys, value_keys = topk_keys(settings.top_k)
-        # ids travel as float32 (exact below 2**24): VeRL all-gathers these outputs across sequence-parallel
-        # ranks through an autograd function
-        outputs = {key: ids[..., i].float().contiguous() for i, key in enumerate(id_keys)}
-        outputs.update({key: values[..., i].contiguous() for i, key in enumerate(value_keys)})
-        return outputs
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        if settings.support == "student_topk":
+            ids = self._packed_field(data, SUPPORT_IDS, logits)
+            return self._per_key(value_keys, log_probs.gather(-1, ids))
+        values, ids = log_probs.topk(settings.top_k, dim=-1)
+        return {**self._per_key(id_keys, ids.float()), **self._per_key(value_keys, values)}
+
+    @staticmethod
+    def _per_key(keys: list[str], values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(1, total_nnz, K) -> K outputs of (1, total_nnz): the engine accepts one value per token and key.
+        Ids travel as float32 (exact below 2**24): VeRL all-gathers the outputs across sequence-parallel ranks
+        through an autograd function."""
+        return {key: values[..., i].contiguous() for i, key in enumerate(keys)}
+
+    def _packed_field(self, data: TensorDict, key: str, logits: torch.Tensor) -> torch.Tensor:
+        """A per-response-token field of the micro-batch at the packed positions of this rank's logits."""
+        if key not in data.keys():  # noqa: SIM118 - TensorDict membership goes through keys()
+            raise BatchError(f"the micro-batch has no {key!r}: the composer trainer writes it before this forward; "
+                             "set trainer.v1.trainer_mode=composer")
+        total = data["input_ids"].values().shape[0] if data["input_ids"].is_nested else logits.shape[1]
+        return self._local(to_packed(data[key], data, total), logits)
 
     @staticmethod
     def _local(packed: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -144,7 +162,7 @@ class ComposerActorLoss:
     # ------------------------------------------------------------ final loss
 
     def loss(self, model_output: dict[str, Any], data: TensorDict, dp_group: Any) -> tuple[torch.Tensor, dict]:
-        if tu.get_non_tensor_data(data=data, key=TEACHER_PASS, default=False):
+        if any(tu.get_non_tensor_data(data=data, key=flag, default=False) for flag in (TEACHER_PASS, STUDENT_PASS)):
             return torch.zeros((), device=data["input_ids"].device), {}  # a forward-only pass for its outputs
         composer = self.composer
         total: torch.Tensor | float = 0.0

@@ -19,7 +19,7 @@ ACTOR = "actor_rollout_ref.actor"
 # composer KL estimator -> VeRL's kl_loss_type / kl_penalty name
 VERL_KL_TYPES = {"k1": "k1", "k2": "k2", "k3": "low_var_kl", "abs": "abs"}
 # self-distillation supports the composer trainer can feed from precomputed teacher tensors
-VERL_DISTILL_SUPPORTS = ("teacher_topk", "sampled_token")
+VERL_DISTILL_SUPPORTS = ("student_topk", "teacher_topk", "sampled_token")
 
 
 def hydra_value(value: Any) -> str:
@@ -43,9 +43,9 @@ def check_runnable(config: ComposerConfig) -> None:
         raise ConfigError("policy.kl.importance_weighted has no VeRL equivalent (TRL's use_bias_correction_kl); "
                           "set it to false for the VeRL backend")
     if config.distill.weight > 0 and config.distill.support not in VERL_DISTILL_SUPPORTS:
-        raise ConfigError(f"distill.support={config.distill.support!r}: on VeRL the teacher's distribution is "
-                          "computed before the update and shipped as top-K tensors, so the support must be one "
-                          f"of {VERL_DISTILL_SUPPORTS}")
+        raise ConfigError(f"distill.support={config.distill.support!r}: on VeRL the teacher is computed before "
+                          "the update and shipped as top-K tensors (the full vocabulary per token would not fit), so "
+                          f"the support must be one of {VERL_DISTILL_SUPPORTS}")
 
 
 def policy_overrides(config: ComposerConfig) -> list[str]:

@@ -6,7 +6,9 @@
 2. The actor's forward on those rows returns the teacher's top-K at every position (`composite_loss`).
 3. `response_topk`: the top-K at the positions that predict the response tokens, per sample (R_i, K); they
    are stored with the student's sample and placed at its own positions by the logits processor. With the
-   sampled_token support, `response_sampled` keeps the teacher's log-prob of each sampled token (K = 1).
+   student_topk support a student pass first takes the student's top-K ids (`response_columns`), which the
+   teacher pass scores; with sampled_token, `response_sampled` keeps the teacher's log-prob of each sampled
+   token (K = 1).
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def teacher_prompt_ids(tokenizer: Any, prompt_ids: torch.Tensor, context: Teache
 
 def teacher_rows(tokenizer: Any, prompts: torch.Tensor, responses: torch.Tensor, response_mask: torch.Tensor,
                  contexts: Sequence[TeacherContext], settings: RepromptSettings,
-                 chat_template_kwargs: Mapping[str, Any] | None = None) -> tuple[TensorDict, list[dict[str, int]]]:
-    """Per-sample teacher inputs (nested fields) and their TransferQueue tags."""
+                 chat_template_kwargs: Mapping[str, Any] | None = None,
+                 per_response: Mapping[str, torch.Tensor] | None = None) -> tuple[TensorDict, list[dict[str, int]]]:
+    """Per-sample teacher inputs (nested fields, plus any per-response-token `per_response` field such as the
+    student's top-K ids) and their TransferQueue tags."""
     prompt_rows, response_rows, mask_rows = per_sample(prompts), per_sample(responses), per_sample(response_mask)
     if not len(prompt_rows) == len(response_rows) == len(mask_rows) == len(contexts):
         raise BatchError(f"{len(prompt_rows)} prompts, {len(response_rows)} responses, {len(mask_rows)} response "
@@ -61,28 +65,31 @@ def teacher_rows(tokenizer: Any, prompts: torch.Tensor, responses: torch.Tensor,
                                                                            strict=True)]
     fields = {"prompts": nested(teacher_prompts), "responses": nested(response_rows),
               "response_mask": nested(mask_rows), "loss_mask": nested(mask_rows), "input_ids": nested(input_ids),
-              "position_ids": nested([torch.arange(len(ids)) for ids in input_ids])}
+              "position_ids": nested([torch.arange(len(ids)) for ids in input_ids]), **(per_response or {})}
     tags = [{"prompt_len": len(p), "response_len": len(r), "seq_len": len(p) + len(r)}
             for p, r in zip(teacher_prompts, response_rows, strict=True)]
     return TensorDict(fields, batch_size=[len(input_ids)]), tags
 
 
+def response_columns(output: TensorDict, keys: list[str], response_mask: torch.Tensor, dtype: torch.dtype
+                     ) -> torch.Tensor:
+    """Per-position output keys (one value per token each) -> per sample (R_i, len(keys)) at the positions
+    that predict the response tokens."""
+    missing = [key for key in keys if key not in output.keys()]  # noqa: SIM118 - TensorDict
+    if missing:
+        raise BatchError(f"the forward returned no {missing[:2]}...: the composer loss must be the actor's loss "
+                         "(set once by the composer trainer) and use_fused_kernels must be off")
+    columns = [response_from_nested(output[key], response_mask).values() for key in keys]
+    rows = torch.stack(columns, dim=-1).to(dtype)
+    return nested(list(rows.split(response_mask.offsets().diff().tolist())))
+
+
 def response_topk(output: TensorDict, response_mask: torch.Tensor, top_k: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher pass's per-position top-K keys -> per-sample (R_i, K) ids (long) and log-probs (float32)."""
+    """The teacher pass's top-K keys -> per-sample (R_i, K) ids (long) and log-probs (float32)."""
     id_keys, value_keys = topk_keys(top_k)
-    missing = [key for key in (*id_keys, *value_keys) if key not in output.keys()]  # noqa: SIM118 - TensorDict
-    if missing:
-        raise BatchError(f"the teacher pass returned no {missing[:2]}...: the composer loss must be the actor's loss "
-                         "(set once by the composer trainer) and use_fused_kernels must be off")
-
-    def stacked(keys: list[str], dtype: torch.dtype) -> torch.Tensor:
-        columns = [response_from_nested(output[key], response_mask).values() for key in keys]
-        rows = torch.stack(columns, dim=-1).to(dtype)
-        lengths = response_mask.offsets().diff().tolist()
-        return nested(list(rows.split(lengths)))
-
-    return stacked(id_keys, torch.long), stacked(value_keys, torch.float32)
+    return (response_columns(output, id_keys, response_mask, torch.long),
+            response_columns(output, value_keys, response_mask, torch.float32))
 
 
 def response_sampled(output: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:

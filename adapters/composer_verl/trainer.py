@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 import ray
+import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
 from transfer_queue import KVBatchMeta
@@ -29,10 +30,11 @@ from verl.utils.py_functional import rename_dict
 from composer_core.loss import EmptyDistillMaskWarning
 from composer_core.selfteach import RepromptSettings, TeacherContext, build_teacher_contexts
 from composer_verl.actor_settings import objective_params
-from composer_verl.composite_loss import TEACHER_PASS, ComposerActorLoss, topk_keys
+from composer_verl.composite_loss import STUDENT_PASS, SUPPORT_IDS, TEACHER_PASS, ComposerActorLoss, topk_keys
 from composer_verl.group import composer_settings
 from composer_verl.teacher_pass import (
     messages_of,
+    response_columns,
     response_sampled,
     response_topk,
     sequence_rewards,
@@ -123,15 +125,11 @@ class ComposerTrainer(PPOTrainerSync):
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                select_fields=[name for name in wanted if name in present])
         contexts = self._contexts(batch, data)
-        rows, tags = teacher_rows(self.tokenizer, data["prompts"], data["responses"], data["response_mask"], contexts,
-                                  self.reprompt, OmegaConf.to_container(self.config.data.apply_chat_template_kwargs))
-        keys = [f"{key}__teacher" for key in batch.keys]
-        teacher_batch = tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=rows, tags=tags)
-        teacher_batch.extra_info = {"compute_loss": True, "distillation_use_topk": True, "distillation_only": False,
-                                    "calculate_entropy": False, TEACHER_PASS: True,
-                                    "temperature": self.config.actor_rollout_ref.rollout.temperature}
-        self.actor_rollout_wg.compute_teacher_topk(teacher_batch)
-        ids, log_probs = self._teacher_outputs(keys)
+        support_ids = self._student_topk(batch, data) if self.composer.distill.support == "student_topk" else None
+        extra = None if support_ids is None else {SUPPORT_IDS: support_ids}
+        keys = self._put_rows(batch, data, contexts, "teacher", extra)
+        self.actor_rollout_wg.compute_teacher_topk(self._forward_only(keys, TEACHER_PASS))
+        ids, log_probs = self._teacher_outputs(keys, support_ids)
         tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
         targeted = [context.messages is not None for context in contexts]
         updated = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
@@ -140,15 +138,46 @@ class ComposerTrainer(PPOTrainerSync):
         self._record(contexts, metrics)
         return batch
 
-    def _teacher_outputs(self, keys: list[str]) -> tuple[Any, Any]:
-        """Per sample and response token: the teacher's top-K (or, for sampled_token, its sampled-token
-        log-prob), read back from the teacher partition."""
+    def _put_rows(self, batch: KVBatchMeta, data: Any, contexts: list[TeacherContext], role: str,
+                  per_response: dict[str, Any] | None = None) -> list[str]:
+        """Rows `[prompt of the context | the sample's response]` into the side partition, keyed per role."""
+        rows, tags = teacher_rows(self.tokenizer, data["prompts"], data["responses"], data["response_mask"], contexts,
+                                  self.reprompt, OmegaConf.to_container(self.config.data.apply_chat_template_kwargs),
+                                  per_response)
+        keys = [f"{key}__{role}" for key in batch.keys]
+        tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=rows, tags=tags)
+        return keys
+
+    def _forward_only(self, keys: list[str], flag: str) -> KVBatchMeta:
+        """A forward over side-partition rows whose per-token outputs come from the composer loss."""
+        return KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id=TEACHER_PARTITION,
+                           extra_info={"compute_loss": True, "distillation_use_topk": True, "distillation_only": False,
+                                       "calculate_entropy": False, flag: True,
+                                       "temperature": self.config.actor_rollout_ref.rollout.temperature})
+
+    def _student_topk(self, batch: KVBatchMeta, data: Any) -> Any:
+        """student_topk support: the student's top-K ids per response token, from the actor's own forward on
+        the student's rows (VeRL's compute_log_prob, current weights), before the update."""
+        keys = self._put_rows(batch, data, [TeacherContext(None)] * len(batch.keys), "student")
+        self.actor_rollout_wg.compute_log_prob(self._forward_only(keys, STUDENT_PASS))
+        id_keys, _ = topk_keys(self.composer.distill.top_k)
+        output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=[*id_keys, "response_mask"])
+        tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
+        return response_columns(output, id_keys, output["response_mask"], torch.long)
+
+    def _teacher_outputs(self, keys: list[str], support_ids: Any) -> tuple[Any, Any]:
+        """Per sample and response token: the support's ids and the teacher's log-probs there (sampled_token:
+        the sampled token and its log-prob), read back from the teacher partition."""
         settings = self.composer.distill
         if settings.support == "sampled_token":
             output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
                                      select_fields=["log_probs", "responses", "response_mask"])
             return response_sampled(output)
         id_keys, value_keys = topk_keys(settings.top_k)
+        if support_ids is not None:  # student_topk: the ids are the student's, the teacher scored them
+            output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
+                                     select_fields=[*value_keys, "response_mask"])
+            return support_ids, response_columns(output, value_keys, output["response_mask"], torch.float32)
         output = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
                                  select_fields=[*id_keys, *value_keys, "response_mask"])
         return response_topk(output, output["response_mask"], settings.top_k)

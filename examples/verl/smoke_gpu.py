@@ -30,7 +30,7 @@ STEP_LINE = re.compile(r"step:(\d+) - (.*)")
 PHASES = {
     "composer_loss_mode": {"policy": {"objective": {"name": "dr_grpo"}}},
     "self_distillation": {"policy": {"objective": {"name": "dr_grpo"}},
-                          "distill": {"weight": 0.5, "support": "teacher_topk", "top_k": 20, "teacher": "ema"}},
+                          "distill": {"weight": 0.5, "top_k": 20, "teacher": "ema"}},
 }
 
 
