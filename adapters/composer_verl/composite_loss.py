@@ -4,8 +4,9 @@
   VeRL's) with the composer objective, plus the self-distillation term on the targeted tokens.
 - `loss(student_logits=, data=)`: the logits-processor call, the only place VeRL shows custom code the
   logits (when the micro-batch flag `distillation_use_topk` is set). It returns per-token tensors that the
-  engine stores in `model_output`: the distillation loss against the teacher's precomputed top-K, or, on a
-  teacher pass, the teacher's own top-K ids and log-probs.
+  engine stores in `model_output`: on the update, the distillation loss against the precomputed teacher; on
+  a teacher pass, the teacher's log-probs over the support (and its top-K ids); on a student pass, the
+  student's top-K ids.
 
 VeRL divides the logits by the rollout temperature before either call, so no temperature is applied here (the
 composer group must set distill.temperature to the rollout temperature; `group` checks it).
