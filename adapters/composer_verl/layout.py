@@ -22,12 +22,15 @@ def prompt_and_response_lengths(data: TensorDict) -> tuple[torch.Tensor, torch.T
     return attention_mask[:, :width].sum(dim=1), attention_mask[:, width:].sum(dim=1)
 
 
-def response_positions(data: TensorDict) -> torch.Tensor:
-    """Indices into the packed output of every response token, sample by sample (total_response,)."""
-    prompt_lens, response_lens = prompt_and_response_lengths(data)
+def response_positions(prompt_lens: torch.Tensor, response_lens: torch.Tensor) -> torch.Tensor:
+    """Indices into the packed output of every response token, sample by sample (total_response,).
+
+    Vectorised: it runs on every micro-batch of the update."""
     starts = torch.cumsum(prompt_lens + response_lens, dim=0) - prompt_lens - response_lens
-    return torch.cat([torch.arange(int(n), device=starts.device) + int(start + p - 1)
-                      for start, p, n in zip(starts, prompt_lens, response_lens, strict=True)])
+    first = torch.repeat_interleave(starts + prompt_lens - 1, response_lens)  # each token's sample's first slot
+    within = torch.arange(int(response_lens.sum()), device=starts.device) - torch.repeat_interleave(
+        torch.cumsum(response_lens, dim=0) - response_lens, response_lens)
+    return first + within
 
 
 def response_rows(tensor: torch.Tensor, response_lens: torch.Tensor) -> torch.Tensor:
@@ -39,8 +42,8 @@ def response_rows(tensor: torch.Tensor, response_lens: torch.Tensor) -> torch.Te
 
 def to_packed(tensor: torch.Tensor, data: TensorDict, total: int) -> torch.Tensor:
     """Place a per-response tensor at its packed positions: (total, ...) with zeros at prompt positions."""
-    _, response_lens = prompt_and_response_lengths(data)
+    prompt_lens, response_lens = prompt_and_response_lengths(data)
     rows = response_rows(tensor, response_lens)
     packed = rows.new_zeros((total, *rows.shape[1:]))
-    packed[response_positions(data).to(rows.device)] = rows
+    packed[response_positions(prompt_lens, response_lens).to(rows.device)] = rows
     return packed
