@@ -138,7 +138,7 @@ BUILTIN_MODULES = (
     "composer_core.traces.swe_agent",
     "composer_core.traces.mini_swe_agent",
     "composer_core.traces.openhands",
-    "composer_core.hints",
+    "composer_core.traces.hints",
 )
 
 

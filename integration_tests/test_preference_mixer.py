@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from trl import DPOConfig, DPOTrainer
 
 from composer_core import ComposerConfig, ComposerLoss, ConfigError
-from composer_core.preference_pairs import PreferencePair, pairs_to_dataset
+from composer_core.replay.pairs import PreferencePair, pairs_to_dataset
 from composer_core.traces.contracts import Provenance
 from composer_trl.preference_mixer import (
     PreferenceDataError,

@@ -14,7 +14,7 @@ verl_config = pytest.importorskip("verl.utils.config")
 core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
 
 from composer_core import ComposerConfig  # noqa: E402
-from composer_core.cli import main as cli_main  # noqa: E402
+from composer_core.cli.main import main as cli_main  # noqa: E402
 from composer_core.errors import ConfigError  # noqa: E402
 from composer_verl.composite_loss import ComposerActorLoss  # noqa: E402
 from composer_verl.group import composer_settings  # noqa: E402

@@ -48,7 +48,7 @@ REPROMPT = "{prompt}{demonstration}{feedback}{hint}\n\nCorrectly solve the origi
 PARAGRAPHS = {"demonstration": "\nCorrect solution:\n\n{}\n\n",
               "feedback": "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{}\n\n",
               "hint": "\nHint:\n\n{}\n\n"}
-# The layout of composer_core.targets: the privileged text as one more user turn.
+# The layout of composer_core.traces.targets: the privileged text as one more user turn.
 TURN_LABELS = {"demonstration": "Correct solution: {}", "feedback": "Feedback: {}", "hint": "Hint: {}"}
 PRIVILEGED_SETS = (("hint",), ("feedback",), ("demonstration",), ("feedback", "hint"), ("demonstration", "hint"))
 WRONG_OFFSETS = (-11, -10, -9, -2, -1, 1, 2, 9, 10, 11)

@@ -19,7 +19,7 @@ import yaml
 
 import composer_core
 from composer_core import ComposerConfig, ConfigError, PluginError
-from composer_core.cli import main
+from composer_core.cli.main import main
 from composer_core.objectives import Objective, ObjectiveParams, PolicyBatch, TokenLoss
 from composer_core.plugins import (
     AUTOLOAD_ENV,

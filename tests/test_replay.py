@@ -22,7 +22,8 @@ from openai_server import answer
 from shared_data import TRACES
 
 from composer_core.errors import ConfigError, SpendCapReached, TeacherError
-from composer_core.preference_pairs import (
+from composer_core.replay.cache import ReplayCache, cache_key
+from composer_core.replay.pairs import (
     CHANNEL,
     TRACE_VOTER,
     pairs_to_dataset,
@@ -30,7 +31,7 @@ from composer_core.preference_pairs import (
     trl_message,
     write_pairs_jsonl,
 )
-from composer_core.replay import (
+from composer_core.replay.runner import (
     ReplayOptions,
     StepResult,
     action_key,
@@ -38,8 +39,7 @@ from composer_core.replay import (
     replay_trace,
     select_steps,
 )
-from composer_core.replay_cache import ReplayCache, cache_key
-from composer_core.teachers import Budget, LocalHFTeacher, OpenAICompatibleTeacher
+from composer_core.replay.teachers import Budget, LocalHFTeacher, OpenAICompatibleTeacher
 from composer_core.traces.contracts import Message, Provenance, ToolCall, Trace
 from composer_core.traces.formats import parse_arguments
 from composer_core.traces.openai_messages import chat_message as ingest_message

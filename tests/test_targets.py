@@ -3,10 +3,10 @@
 import pytest
 
 from composer_core.errors import ConfigError
-from composer_core.hints import HintRequest, rule_hints
-from composer_core.targets import TargetReport, build_targets
 from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolResult, Trace
 from composer_core.traces.failures import classify, find_error_turns
+from composer_core.traces.hints import HintRequest, rule_hints
+from composer_core.traces.targets import TargetReport, build_targets
 
 WHERE = Provenance(format="test", file="constructed", line=1)
 

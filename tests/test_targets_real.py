@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from shared_data import TRACES
 
-from composer_core.hints import HintRequest, rule_hints
-from composer_core.targets import TargetReport, build_targets
 from composer_core.traces.contracts import Trace
 from composer_core.traces.failures import find_error_turns
 from composer_core.traces.formats import IngestLog
+from composer_core.traces.hints import HintRequest, rule_hints
 from composer_core.traces.ingest import ingest
+from composer_core.traces.targets import TargetReport, build_targets
 
 pytestmark = pytest.mark.skipif(not TRACES.is_dir(), reason=f"the shared trace samples are not at {TRACES}")
 

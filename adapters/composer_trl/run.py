@@ -19,7 +19,7 @@ from trl import GRPOConfig
 
 from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
-from composer_core.preference_pairs import pairs_to_dataset, read_pairs_jsonl
+from composer_core.replay.pairs import pairs_to_dataset, read_pairs_jsonl
 from composer_core.tasks import arithmetic
 from composer_trl.defaults import EMBEDDED_MODEL
 from composer_trl.plots import plot_metrics

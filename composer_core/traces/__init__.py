@@ -1,1 +1,2 @@
-"""Agent traces: contracts, format ingesters (one module per real format), error turns, hints, targets."""
+"""Agent traces: contracts, format ingesters (one module per real format), error turns, hints, self-distillation
+targets."""

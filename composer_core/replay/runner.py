@@ -25,9 +25,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from composer_core.errors import ConfigError, SpendCapReached, TeacherError
-from composer_core.preference_pairs import CHANNEL, TRACE_VOTER, PreferencePair
-from composer_core.replay_cache import ReplayCache, cache_key
-from composer_core.teachers import Teacher, TeacherReply, tool_calls_to_chat
+from composer_core.replay.cache import ReplayCache, cache_key
+from composer_core.replay.pairs import CHANNEL, TRACE_VOTER, PreferencePair
+from composer_core.replay.teachers import Teacher, TeacherReply, tool_calls_to_chat
 from composer_core.traces.contracts import Contract, Message, ToolCall, Trace
 from composer_core.traces.formats import parse_arguments
 

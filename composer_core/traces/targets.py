@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from composer_core.errors import ConfigError
-from composer_core.hints import Hint, HintRequest
 from composer_core.plugins import registries
 from composer_core.traces.contracts import Contract, Message, Provenance, Trace
 from composer_core.traces.failures import Failure, find_error_turns
+from composer_core.traces.hints import Hint, HintRequest
 
 HintRole = Literal["user", "system"]
 

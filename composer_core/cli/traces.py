@@ -12,17 +12,17 @@ from typing import Any
 from tqdm import tqdm
 
 from composer_core.errors import SpendCapReached
-from composer_core.preference_pairs import pairs_to_dataset, write_pairs_jsonl
-from composer_core.replay import ReplayOptions, replay_traces
-from composer_core.replay_cache import ReplayCache
-from composer_core.targets import SDTarget, TargetReport, build_all_targets
-from composer_core.teacher_config import load_teachers
-from composer_core.teachers import Budget
+from composer_core.replay.cache import ReplayCache
+from composer_core.replay.pairs import pairs_to_dataset, write_pairs_jsonl
+from composer_core.replay.runner import ReplayOptions, replay_traces
+from composer_core.replay.teacher_config import load_teachers
+from composer_core.replay.teachers import Budget
 from composer_core.traces.contracts import Trace
 from composer_core.traces.failures import find_error_turns
 from composer_core.traces.formats import IngestLog
 from composer_core.traces.ingest import ingest
 from composer_core.traces.store import read_records
+from composer_core.traces.targets import SDTarget, TargetReport, build_all_targets
 
 
 def _print_summary(title: str, summary: dict[str, Any]) -> None:

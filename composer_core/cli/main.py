@@ -7,8 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from composer_core.cli_traces import add_traces_commands
-from composer_core.cli_train import add_train_command
+from composer_core.cli.traces import add_traces_commands
+from composer_core.cli.train import add_train_command
 from composer_core.config import ComposerConfig
 from composer_core.errors import ComposerError
 from composer_core.plugins import plugin_sources, registries
@@ -65,6 +65,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"composer-core: error: {error}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from composer_core.config import describe
 from composer_core.errors import ConfigError
-from composer_core.teachers import Budget, LocalHFTeacher, OpenAICompatibleTeacher, Teacher
+from composer_core.replay.teachers import Budget, LocalHFTeacher, OpenAICompatibleTeacher, Teacher
 
 
 class _Spec(BaseModel):

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from composer_core.errors import ComposerError
-from composer_core.teachers import TeacherReply
+from composer_core.replay.teachers import TeacherReply
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS replies (
     key TEXT PRIMARY KEY, teacher TEXT NOT NULL, reply TEXT NOT NULL, created_at REAL NOT NULL)"""

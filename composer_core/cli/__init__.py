@@ -1,0 +1,1 @@
+"""The `composer-core` command: one module per command group (main, traces, train)."""
