@@ -135,9 +135,9 @@ def write_text_atomic(path: PathLike, text: str, inputs: Iterable[PathLike] = ()
     return Path(path)
 
 
-@contextlib.contextmanager
-def atomic_directory(path: PathLike, inputs: Iterable[PathLike] = (), what: str = "output folder") -> Iterator[Path]:
-    """Fill a temporary sibling folder, then swap it in for `path` (whose previous content is removed only then)."""
+def check_output_folder(path: PathLike, inputs: Iterable[PathLike] = (), what: str = "output folder") -> Path:
+    """`path` as a Path if a folder can be written there by `atomic_directory` without destroying an input: refuses
+    a file of that name, a missing or unwritable parent, and a folder that is, or holds, one of `inputs`."""
     target, inputs = Path(path), tuple(inputs)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"cannot write {what} {target}: a file of that name exists")
@@ -145,6 +145,13 @@ def atomic_directory(path: PathLike, inputs: Iterable[PathLike] = (), what: str 
     for source in inputs:
         if _same(target, Path(source)) or Path(source).resolve().is_relative_to(target.resolve()):
             raise ConfigError(f"{what} {target} holds an input of this command; choose another output folder")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(path: PathLike, inputs: Iterable[PathLike] = (), what: str = "output folder") -> Iterator[Path]:
+    """Fill a temporary sibling folder, then swap it in for `path` (whose previous content is removed only then)."""
+    target = check_output_folder(path, inputs, what)
     temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
         yield temporary

@@ -52,7 +52,8 @@ def test_stats_and_targets(ingested: tuple[Path, dict], tmp_path: Path) -> None:
     targets_file = tmp_path / "targets.jsonl"
     summary = json.loads(ok("targets", str(traces), "--out", str(targets_file), "--hint-level", "3", "--json"))
     targets = [json.loads(line) for line in targets_file.read_text().splitlines()]
-    assert summary["targets"] == len(targets) == stats["error_turns"]
+    assert summary["targets"] + summary["no_context_turns"] == summary["error_turns"] == stats["error_turns"]
+    assert summary["targets"] == len(targets)
     assert summary["thinking_only_targets"] == stats["error_turns_with_thinking_only_target"]
     for target in targets:
         assert target["teacher_context"][:-1] == target["student_context"]

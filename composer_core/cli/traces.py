@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from composer_core.errors import SpendCapReached
+from composer_core.errors import ConfigError, SpendCapReached
+from composer_core.files import atomic_directory, atomic_output, check_input, check_output, check_output_folder
+from composer_core.plugins import registries
 from composer_core.replay.cache import ReplayCache
 from composer_core.replay.pairs import pairs_to_dataset, write_pairs_jsonl
 from composer_core.replay.runner import ReplayOptions, replay_traces
@@ -20,7 +24,7 @@ from composer_core.replay.teachers import Budget
 from composer_core.traces.contracts import Trace
 from composer_core.traces.failures import find_error_turns
 from composer_core.traces.formats import IngestLog
-from composer_core.traces.ingest import ingest
+from composer_core.traces.ingest import check_named_paths, ingest
 from composer_core.traces.store import read_records
 from composer_core.traces.targets import SDTarget, TargetReport, build_all_targets
 
@@ -31,11 +35,27 @@ def _print_summary(title: str, summary: dict[str, Any]) -> None:
         print(f"  {key}: {value}", file=sys.stderr)
 
 
+def _refuse_shared_paths(outputs: Mapping[str, Path]) -> None:
+    """Refuse two outputs of one command that name the same file (the second would overwrite the first)."""
+    named = list(outputs.items())
+    for index, (first_flag, first) in enumerate(named):
+        for second_flag, second in named[index + 1:]:
+            if first.resolve() == second.resolve() or (first.exists() and second.exists()
+                                                       and os.path.samefile(first, second)):
+                raise ConfigError(f"{first_flag} and {second_flag} both name {first}: one would overwrite the other; "
+                                  "give different paths")
+
+
 def ingest_command(args: argparse.Namespace) -> int:
     """Traces from agent files to one JSONL (a trace per line); rejects kept aside with file and line."""
+    check_named_paths(args.paths)
+    if args.format:
+        registries().trace_formats.get(args.format)  # an unknown name fails here, before any output is opened
     out = Path(args.out)
     rejects = Path(args.rejects) if args.rejects else out.with_suffix(".rejects.jsonl")
-    with out.open("w", encoding="utf-8") as sink, rejects.open("w", encoding="utf-8") as reject_sink:
+    _refuse_shared_paths({"--out": out, "--rejects": rejects})
+    with (atomic_output(out, args.paths, "--out") as sink,
+          atomic_output(rejects, args.paths, "--rejects") as reject_sink):
         log = IngestLog(rejects_file=reject_sink)
         for trace in tqdm(ingest(args.paths, log, args.format), desc="traces", unit=" traces", file=sys.stderr):
             sink.write(trace.model_dump_json() + "\n")
@@ -70,21 +90,24 @@ def trace_stats(traces: Any) -> dict[str, Any]:
 
 
 def stats_command(args: argparse.Namespace) -> int:
-    print(json.dumps(trace_stats(read_records(args.traces, Trace)), indent=2))
+    print(json.dumps(trace_stats(read_records(args.traces, Trace, "traces file")), indent=2))
     return 0
 
 
 def targets_command(args: argparse.Namespace) -> int:
     """Self-distillation targets (student context, hinted teacher context, target message) from traces."""
     report = TargetReport()
-    traces = read_records(args.traces, Trace)
+    traces = read_records(check_input(args.traces, "traces file"), Trace)
     targets = build_all_targets(traces, report, provider=args.hint_provider, level=args.hint_level,
                                 strip_thinking=args.strip_thinking, hint_role=args.hint_role)
-    with Path(args.out).open("w", encoding="utf-8") as sink:
+    with atomic_output(args.out, [args.traces], "--out") as sink:
         for target in tqdm(targets, desc="targets", unit=" targets", file=sys.stderr):
             sink.write(target.model_dump_json() + "\n")
     summary = {**report.summary(), "out": args.out}
     _print_summary("targets", summary)
+    if report.no_context_turns:
+        print(f"note: {report.no_context_turns} error turns have no message before their target (a session whose "
+              "start was not recorded): no context to distil or replay from, so no target was made", file=sys.stderr)
     if report.empty_targets:
         print(f"warning: {report.empty_targets} targets have nothing left to train on after --strip-thinking "
               "(their target message was pure thinking); they are kept and flagged empty_target", file=sys.stderr)
@@ -96,32 +119,82 @@ def targets_command(args: argparse.Namespace) -> int:
 def _target_steps(path: str) -> dict[str, list[int]]:
     """Replay steps from a TARGETS.jsonl: the target message of each self-distillation target."""
     steps: dict[str, list[int]] = {}
-    for target in read_records(path, SDTarget):
+    for target in read_records(path, SDTarget, "targets file"):
         steps.setdefault(target.trace_id, []).append(target.target_index)
     return steps
 
 
+def _check_targets_match(steps: Mapping[str, list[int]], traces: str, targets: str) -> None:
+    """Refuse targets that name traces the traces file does not hold (made from another file, or before a
+    re-ingest renamed ids): they would be skipped, and the replay would quietly do less than asked."""
+    missing = set(steps) - {trace.trace_id for trace in read_records(traces, Trace, "traces file")}
+    if missing:
+        examples = ", ".join(repr(name) for name in sorted(missing)[:3])
+        raise ConfigError(f"{len(missing)} of the {len(steps)} traces named in the targets file {targets} are not in "
+                          f"the traces file {traces} (for example {examples}): give the traces file the targets "
+                          "were made from")
+
+
+def _replay_paths(args: argparse.Namespace) -> tuple[list[str], str]:
+    """Check every file replay reads and writes before any teacher is paid: the inputs exist and are regular
+    files; no output is an input, shares a path with another output, or lies in a missing folder; --dataset
+    does not replace a folder that is not a dataset. Returns the inputs and the cache path."""
+    inputs = [str(check_input(args.traces, "traces file")), str(check_input(args.teachers, "teachers file"))]
+    if args.targets:
+        inputs.append(str(check_input(args.targets, "targets file")))
+    cache = args.cache or str(Path(args.out).with_suffix(".cache.sqlite"))
+    outputs = {"--out": Path(args.out), "--cache": Path(cache)}
+    if args.dataset:
+        outputs["--dataset"] = Path(args.dataset)
+    _refuse_shared_paths(outputs)
+    check_output(args.out, inputs, "--out")
+    check_output(cache, inputs, "--cache")
+    if args.dataset:
+        _refuse_inside(Path(args.dataset), {"--out": Path(args.out), "--cache": Path(cache)})
+        check_output_folder(args.dataset, [*inputs, args.out, cache], "--dataset")
+        _refuse_foreign_folder(Path(args.dataset))
+    return inputs, cache
+
+
+def _refuse_inside(folder: Path, outputs: Mapping[str, Path]) -> None:
+    """--dataset replaces its folder whole: refuse another output written inside it (it would be deleted)."""
+    for flag, path in outputs.items():
+        if path.resolve().is_relative_to(folder.resolve()):
+            raise ConfigError(f"{flag} {path} lies inside --dataset {folder}, which is replaced whole when the dataset "
+                              "is written: put it outside that folder")
+
+
+def _refuse_foreign_folder(folder: Path) -> None:
+    """--dataset replaces its folder whole: refuse one that holds something other than a saved dataset."""
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "dataset_info.json").is_file():
+        raise ConfigError(f"--dataset {folder} is a folder that does not hold a saved dataset; writing the dataset "
+                          "would replace everything in it: give a new or empty folder")
+
+
 def replay_command(args: argparse.Namespace) -> int:
     """Replay traces with N teachers into preference pairs (channel 3, composer-core's own research channel)."""
+    inputs, cache_path = _replay_paths(args)
+    steps = _target_steps(args.targets) if args.targets else None
+    if steps is not None:
+        _check_targets_match(steps, args.traces, args.targets)
     budget = Budget(args.spend_cap)
     teachers = load_teachers(args.teachers, budget)
-    options = ReplayOptions(steps=_target_steps(args.targets) if args.targets else None,
-                            max_steps_per_trace=args.max_steps_per_trace, use_trace_outcome=args.use_trace_outcome,
-                            min_answers=args.min_answers, max_concurrent_steps=args.max_concurrent_steps,
-                            progress=True)
-    cache_path = args.cache or str(Path(args.out).with_suffix(".cache.sqlite"))
+    options = ReplayOptions(steps=steps, max_steps_per_trace=args.max_steps_per_trace,
+                            use_trace_outcome=args.use_trace_outcome, min_answers=args.min_answers,
+                            max_concurrent_steps=args.max_concurrent_steps, progress=True)
     try:
         with ReplayCache(cache_path) as cache:
-            result = replay_traces(read_records(args.traces, Trace), teachers, options, cache=cache)
+            result = replay_traces(read_records(args.traces, Trace, "traces file"), teachers, options, cache=cache)
     except SpendCapReached as error:
         print(f"composer-core: spend cap reached: {error}; the calls made so far are cached in {cache_path}: "
               "rerun with a higher --spend-cap to resume without paying for them again", file=sys.stderr)
         if error.report is not None:
             _print_summary("replay (partial)", error.report.model_dump(exclude={"errors"}))
         return 3
-    written = write_pairs_jsonl(result.pairs, args.out)
+    written = write_pairs_jsonl(result.pairs, args.out, inputs)
     if args.dataset:
-        pairs_to_dataset(result.pairs).save_to_disk(args.dataset)
+        with atomic_directory(args.dataset, [*inputs, args.out, cache_path], "--dataset") as folder:
+            pairs_to_dataset(result.pairs).save_to_disk(str(folder))
     _print_summary("replay", {**result.report.model_dump(exclude={"errors"}), "out": args.out,
                               "written": written, "cache": cache_path})
     for failure in result.report.errors[:10]:

@@ -21,9 +21,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from composer_core.errors import ComposerError
+from composer_core.errors import ComposerError, ConfigError
+from composer_core.files import check_input
 from composer_core.replay.teachers import TeacherReply
 
+SQLITE_TIMEOUT_S = 30.0  # how long to wait for another process that holds the cache's write lock
 SCHEMA = """CREATE TABLE IF NOT EXISTS replies (
     key TEXT PRIMARY KEY, teacher TEXT NOT NULL, reply TEXT NOT NULL, created_at REAL NOT NULL)"""
 
@@ -35,19 +37,36 @@ def cache_key(fingerprint: Mapping[str, Any], messages: list[dict[str, Any]]) ->
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _check_cache_path(path: Path) -> None:
+    """Refuse a cache path that is a folder, a FIFO or a device (sqlite would fail with a bare message or, on a
+    FIFO, block); create a missing folder for it, or say why it cannot be."""
+    if path.exists() or path.is_symlink():
+        check_input(path, "replay cache")
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create replay cache {path}: {error.strerror} ({error.filename})") from None
+
+
 class ReplayCache:
     """Teacher replies by cache key, in a sqlite3 file (":memory:" for a cache that dies with the process)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _check_cache_path(Path(self.path))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
-        self._db.commit()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=SQLITE_TIMEOUT_S)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(SCHEMA)
+            self._db.commit()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise ConfigError(f"replay cache {self.path} is not a usable sqlite cache ({error}); give a new --cache "
+                              "path, or delete the file to start afresh") from None
 
     def get(self, key: str) -> TeacherReply | None:
         with self._lock:

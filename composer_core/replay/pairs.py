@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from composer_core.errors import ConfigError
+from composer_core.files import atomic_output
 from composer_core.traces.contracts import Contract, Provenance
+from composer_core.traces.store import read_records
 
 if TYPE_CHECKING:
     import datasets
@@ -54,10 +56,12 @@ class PreferencePair(Contract):
     provenance: Provenance
 
 
-def write_pairs_jsonl(pairs: Iterable[PreferencePair], path: str | os.PathLike[str]) -> int:
-    """Write one pair per line; returns how many were written."""
+def write_pairs_jsonl(pairs: Iterable[PreferencePair], path: str | os.PathLike[str],
+                      inputs: Iterable[str | os.PathLike[str]] = ()) -> int:
+    """Write one pair per line, through a temporary file renamed into place when complete (an interrupted write
+    leaves the previous file); `inputs` are files the caller read, which `path` must not be. Returns the count."""
     count = 0
-    with Path(path).open("w", encoding="utf-8") as stream:
+    with atomic_output(path, inputs, "pairs file") as stream:
         for pair in pairs:
             stream.write(pair.model_dump_json() + "\n")
             count += 1
@@ -65,9 +69,14 @@ def write_pairs_jsonl(pairs: Iterable[PreferencePair], path: str | os.PathLike[s
 
 
 def read_pairs_jsonl(path: str | os.PathLike[str]) -> list[PreferencePair]:
-    """Read pairs written by `write_pairs_jsonl` (every line is validated against the contract)."""
-    with Path(path).open(encoding="utf-8") as stream:
-        return [PreferencePair.model_validate_json(line) for line in stream if line.strip()]
+    """Read pairs written by `write_pairs_jsonl`, every line validated against the contract. A missing file, a
+    file of another kind (traces, targets) or a file without pairs is a ConfigError naming it: training on it
+    would silently train channel 3 on nothing."""
+    pairs = list(read_records(path, PreferencePair, "preference pairs file"))
+    if not pairs:
+        raise ConfigError(f"preference pairs file {path} holds no pairs; run `composer-core traces replay` to make "
+                          "some, or leave the pairs out")
+    return pairs
 
 
 def trl_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ reply is bare Markdown after a blank line, and may itself hold `> ` quotes and `
 Mapping: user input -> `user` messages; replies -> `assistant` messages whose content is the verbatim reply,
 with every SEARCH/REPLACE block also parsed into an `edit` tool call (meta `tool_calls_in_content`); aider
 output -> `tool` messages: after a reply with edits it is the edits' result (failed when the edit format
-was not followed, a block did not match, or lint or test errors were found), after a slash command the
+was not followed or a block did not match, that is when the edit was not applied; the lint report aider
+prints after an applied edit covers the whole file, old problems included, and ends in a question to the
+user, so it does not fail the edit; failing tests are still read from their output), after a slash command the
 command's output (`/run`, `/test`, `/lint`: failed when failures or a non-zero exit code can be read), else
 aider's own notices (name `aider`). Whole-file replies (`whole` edit format) are not parsed into calls, but
 their edit results are named `edit` too. The banner that opens a session fills model, version and meta
@@ -46,8 +48,7 @@ SEARCH = re.compile(r"<{5,9} SEARCH\s*")
 DIVIDER = re.compile(r"={5,9}\s*")
 REPLACE = re.compile(r">{5,9} REPLACE\s*")
 FENCE = re.compile(r"(`{3,}|~{3,}|<source\b)")
-EDIT_FAILURE = re.compile(r"The LLM did not conform to the edit format|SEARCH/REPLACE blocks? failed to match"
-                          r"|Attempt to fix (?:lint|test) errors\?|^Fix lint errors in ", re.M)
+EDIT_FAILURE = re.compile(r"The LLM did not conform to the edit format|SEARCH/REPLACE blocks? failed to match")
 EDIT_APPLIED = re.compile(r"^Applied edit to ", re.M)
 COMMAND_FAILURE = re.compile(r"Traceback \(most recent call last\)|^FAILED |\b[1-9]\d* (?:failed|errors?)\b"
                              r"|\.{3,}Failed\b|exit code: [1-9]", re.M)

@@ -26,7 +26,7 @@ from typing import Any
 
 from composer_core.plugins import Register, hookimpl
 from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolResult, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat, first_json_line, jsonl_records, parse_time
+from composer_core.traces.formats import IngestLog, TraceFormat, jsonl_records, leading_json_objects, parse_time
 from composer_core.traces.openai_messages import text_of
 
 NAME = "claude_code"
@@ -69,13 +69,14 @@ class _Session:
 
 
 def detect(path: Path) -> bool:
-    """A `.jsonl` whose first line is a Claude Code line: a known `type`, no envelope, session fields."""
-    if path.suffix != ".jsonl":
+    """A `.jsonl` whose leading lines hold a Claude Code line: a known `type`, no envelope, session fields."""
+    return path.suffix == ".jsonl" and any(_is_claude_line(line) for line in leading_json_objects(path))
+
+
+def _is_claude_line(line: dict[str, Any]) -> bool:
+    if line.get("type") not in KNOWN_TYPES or "payload" in line:
         return False
-    first = first_json_line(path)
-    if first is None or first.get("type") not in KNOWN_TYPES or "payload" in first:
-        return False
-    return any(key in first for key in ("sessionId", "parentUuid", "leafUuid", "snapshot"))
+    return any(key in line for key in ("sessionId", "parentUuid", "leafUuid", "snapshot"))
 
 
 def read(path: Path, log: IngestLog) -> Iterator[Trace]:

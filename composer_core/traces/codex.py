@@ -30,8 +30,8 @@ from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolRe
 from composer_core.traces.formats import (
     IngestLog,
     TraceFormat,
-    first_json_line,
     jsonl_records,
+    leading_json_objects,
     parse_arguments,
     parse_time,
 )
@@ -71,15 +71,14 @@ class _Rollout:
 
 
 def detect(path: Path) -> bool:
-    """A `.jsonl` whose first line is a Codex envelope line or a legacy session header."""
-    if path.suffix != ".jsonl":
-        return False
-    first = first_json_line(path)
-    if first is None:
-        return False
-    if "type" in first:
-        return first["type"] in ENVELOPE_TYPES and isinstance(first.get("payload"), dict)
-    return "id" in first and "timestamp" in first and any(key in first for key in LEGACY_HEADER_KEYS)
+    """A `.jsonl` whose leading lines hold a Codex envelope line or a legacy session header."""
+    return path.suffix == ".jsonl" and any(_is_codex_line(line) for line in leading_json_objects(path))
+
+
+def _is_codex_line(line: dict[str, Any]) -> bool:
+    if "type" in line:
+        return line["type"] in ENVELOPE_TYPES and isinstance(line.get("payload"), dict)
+    return "id" in line and "timestamp" in line and any(key in line for key in LEGACY_HEADER_KEYS)
 
 
 def read(path: Path, log: IngestLog) -> Iterator[Trace]:

@@ -26,6 +26,14 @@ PATTERNS: tuple[tuple[FailureKind, re.Pattern[str]], ...] = (
     ("test_failure", re.compile(r"^FAILED |\b\d+ failed\b|AssertionError|^E\s{3}|FAIL: test", re.M)),
 )
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+# A line where an interface asks the user something and the answer typed after it ("Attempt to fix lint
+# errors? [Y/n] y", "(y/n/instructions) n", "Continue? [y/N]"): a conversation with the user, never evidence
+# of a failure nor the detail that names one, whatever the question.
+_CHOICES = r"(?:\[[^\]\n]{1,40}\]|\([^)\n]{1,40}\))"
+_ANSWER = r"(?:y|n|yes|no|a|all|s|skip|d|don't ask again)"
+PROMPT_LINE = re.compile(rf"^[^\n]*\?[ \t]*(?:{_CHOICES}[ \t]*{_ANSWER}?|{_ANSWER})[ \t]*$"
+                         rf"|^[ \t]*[\[(][yn]/[^\])\n]{{0,40}}[\])][ \t]*{_ANSWER}?[ \t]*$", re.M | re.I)
+EXCEPTION_LINE = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*\w*(?:Error|Exception)\b.*$", re.M)
 TAG = re.compile(r"</?[A-Za-z_][\w-]*>")
 DETAIL_CHARS = 400
 
@@ -50,11 +58,12 @@ class ErrorTurn(Contract):
 
 
 def classify(message: Message) -> Failure | None:
-    """The failure a tool message reports, or None when it reports success."""
+    """The failure a tool message reports, or None when it reports success. Prompts to the user and their
+    answers (`PROMPT_LINE`) are left out before the output is read."""
     result = message.tool_result
     if result is None:
         return None
-    output = result.output
+    output = without_prompts(result.output)
     for kind, pattern in PATTERNS:
         match = pattern.search(output)
         if match and (result.failed or kind in ("unknown_tool", "test_failure", "edit_rejected")):
@@ -65,6 +74,11 @@ def classify(message: Message) -> Failure | None:
         return Failure(kind=kind, detail=_detail(output, _last_error_line(output)), tool=result.name,
                        exit_code=result.exit_code)
     return None
+
+
+def without_prompts(output: str) -> str:
+    """The output without the lines that ask the user something (and the answers typed after them)."""
+    return PROMPT_LINE.sub("", output)
 
 
 def _detail(output: str, position: int) -> str:
@@ -79,8 +93,17 @@ def _clean(line: str) -> str:
 
 
 def _last_error_line(output: str) -> int:
-    """Position of the last line naming an error (a traceback's final line), else of the last line with text."""
-    matches = list(re.finditer(r"^\s*\w*(Error|Exception)\b.*$", output, re.M))
+    """Position of the line that names the error: a traceback's exception line (the first unindented line after
+    its frames, `pkg.module.SomeError: message` included), else the last line naming an error or exception,
+    else the last line with text."""
+    tracebacks = list(TRACEBACK.finditer(output))
+    if tracebacks:
+        line_end = output.find("\n", tracebacks[-1].end())
+        after = len(output) if line_end == -1 else line_end
+        for line in re.finditer(r"^\S.*$", output[after:], re.M):
+            if _clean(line.group()):
+                return after + line.start()
+    matches = list(EXCEPTION_LINE.finditer(output))
     if matches:
         return matches[-1].start()
     lines = [match for match in re.finditer(r"^.*$", output, re.M) if _clean(match.group())]

@@ -8,6 +8,7 @@ that looks at a path (a file, or a folder for formats stored as one file per eve
 from __future__ import annotations
 
 import json
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from composer_core.traces.contracts import Provenance, Reject, Trace
 
 HEAD_BYTES = 8192
 FIRST_LINE_BYTES = 1 << 20
+DETECT_LINES = 20
+DETECT_BUDGET_BYTES = 4 << 20
 _DATETIME = TypeAdapter(datetime)
 
 
@@ -36,6 +39,8 @@ class IngestLog:
     rejected: Counter[str] = field(default_factory=Counter)
     traces: int = 0
     files: int = 0
+    files_skipped: Counter[str] = field(default_factory=Counter)
+    trace_ids_renamed: int = 0
     examples: list[Reject] = field(default_factory=list)
 
     def record(self, count: int = 1) -> None:
@@ -46,6 +51,10 @@ class IngestLog:
 
     def skip(self, kind: str, count: int = 1) -> None:
         self.skipped[kind] += count
+
+    def skip_file(self, reason: str) -> None:
+        """A path not read on purpose (its content is read elsewhere, or it is not a trace): counted by reason."""
+        self.files_skipped[reason] += 1
 
     def reject(self, reject: Reject) -> None:
         self.rejected[reject.reason.split(":")[0]] += 1
@@ -60,7 +69,9 @@ class IngestLog:
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, "traces": self.traces, "records_read": self.read, "records_used": self.used,
                 "records_skipped": sum(self.skipped.values()), "records_rejected": sum(self.rejected.values()),
-                "skipped_by_kind": dict(self.skipped), "rejected_by_reason": dict(self.rejected)}
+                "skipped_by_kind": dict(self.skipped), "rejected_by_reason": dict(self.rejected),
+                "files_skipped": sum(self.files_skipped.values()), "files_skipped_by_reason": dict(self.files_skipped),
+                "trace_ids_renamed": self.trace_ids_renamed}
 
 
 @dataclass(frozen=True)
@@ -84,23 +95,63 @@ def head(path: Path, size: int = HEAD_BYTES) -> str:
         return ""
 
 
-def first_json_line(path: Path, limit: int = FIRST_LINE_BYTES) -> dict[str, Any] | None:
-    """The first non-blank line of a JSONL file parsed as an object, or None. The line is read whole (up to
-    `limit` bytes), so a long header line (a session header carrying its system prompt) still parses."""
-    if not path.is_file():
-        return None
+def is_regular_file(path: Path) -> bool:
+    """Whether `path` is a regular file (following links): only those are opened, since reading a FIFO, a
+    socket or a device could block forever."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def leading_json_objects(path: Path, lines: int = DETECT_LINES, budget: int = DETECT_BUDGET_BYTES,
+                         line_limit: int = FIRST_LINE_BYTES) -> list[dict[str, Any]]:
+    """The JSON objects among the first `lines` non-blank lines of a file, reading at most `budget` bytes.
+
+    For detection: a corrupt, truncated or over-long first line (over `line_limit` bytes, skipped unparsed)
+    does not hide the lines after it, and no file, however large its lines, costs more than `budget` bytes.
+    """
+    if not is_regular_file(path):
+        return []
+    found: list[dict[str, Any]] = []
     try:
         with path.open("rb") as stream:
-            line = stream.readline(limit)
-            while line and not line.strip():
-                line = stream.readline(limit)
+            for line in _bounded_lines(stream, lines, budget, line_limit):
+                try:
+                    value = json.loads(line.decode("utf-8", errors="replace"))
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(value, dict):
+                    found.append(value)
     except OSError:
-        return None
-    try:
-        value = json.loads(line.decode("utf-8", errors="replace"))
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+        return found
+    return found
+
+
+def _bounded_lines(stream: IO[bytes], lines: int, budget: int, line_limit: int) -> Iterator[bytes]:
+    """Up to `lines` whole non-blank lines of at most `line_limit` bytes, within `budget` bytes read in all."""
+    spent = 0
+    while lines > 0 and spent < budget:
+        line = stream.readline(min(line_limit, budget - spent))
+        if not line:
+            return
+        spent += len(line)
+        if not line.endswith(b"\n") and len(line) == line_limit:  # over-long: drain it within the budget
+            while spent < budget and (rest := stream.readline(min(line_limit, budget - spent))):
+                spent += len(rest)
+                if rest.endswith(b"\n"):
+                    break
+            lines -= 1
+            continue
+        if line.strip():
+            lines -= 1
+            yield line
+
+
+def first_json_line(path: Path, limit: int = FIRST_LINE_BYTES) -> dict[str, Any] | None:
+    """The first JSON object among a file's leading lines (see `leading_json_objects`), or None."""
+    objects = leading_json_objects(path, line_limit=limit)
+    return objects[0] if objects else None
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -135,9 +186,13 @@ def jsonl_records(path: Path, format_name: str, log: IngestLog, *,
 
 
 def load_json(path: Path, format_name: str, log: IngestLog) -> Any | None:
-    """Parse a whole JSON file (one session); a truncated or malformed file is one reject, and None."""
+    """Parse a whole JSON file (one session); a truncated or malformed file, or a path that is not a regular file,
+    is one reject, and None."""
     log.record()
     where = Provenance(format=format_name, file=str(path))
+    if not is_regular_file(path):
+        log.reject_at(where, "not a regular file: not read (reading a FIFO, socket or device could block)")
+        return None
     try:
         with path.open(encoding="utf-8", errors="replace") as stream:
             return json.load(stream)

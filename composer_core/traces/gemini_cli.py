@@ -28,9 +28,9 @@ from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolRe
 from composer_core.traces.formats import (
     IngestLog,
     TraceFormat,
-    first_json_line,
     head,
     jsonl_records,
+    leading_json_objects,
     load_json,
     parse_arguments,
     parse_time,
@@ -67,8 +67,8 @@ class _Recording:
 def detect(path: Path) -> bool:
     """A `.json` document or a `.jsonl` header carrying both `sessionId` and `projectHash`."""
     if path.suffix == ".jsonl":
-        first = first_json_line(path)
-        return first is not None and "sessionId" in first and "projectHash" in first and "type" not in first
+        return any("sessionId" in line and "projectHash" in line and "type" not in line
+                   for line in leading_json_objects(path))
     text = head(path)
     return path.suffix == ".json" and text.lstrip().startswith("{") and all(key.search(text) for key in SESSION_KEYS)
 

@@ -10,7 +10,14 @@ from typing import Any
 
 from composer_core.plugins import Register, hookimpl
 from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolResult, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat, first_json_line, head, jsonl_records, parse_arguments
+from composer_core.traces.formats import (
+    IngestLog,
+    TraceFormat,
+    head,
+    jsonl_records,
+    leading_json_objects,
+    parse_arguments,
+)
 
 NAME = "openai_messages"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -51,9 +58,9 @@ def chat_message(raw: dict[str, Any], where: Provenance) -> Message:
 def detect(path: Path) -> bool:
     if path.suffix != ".jsonl":
         return False
-    first = first_json_line(path)
-    if first is not None:
-        return isinstance(first.get("messages"), list)
+    objects = leading_json_objects(path)
+    if objects:
+        return any(isinstance(line.get("messages"), list) for line in objects)
     return head(path).lstrip().startswith("[{") and '"role"' in head(path, 512)
 
 

@@ -41,17 +41,20 @@ class SDTarget(Contract):
 
 @dataclass
 class TargetReport:
-    """Counts of what target building found; empty targets are reported, never silently dropped."""
+    """Counts of what target building found; empty targets are reported, never silently dropped, and error
+    turns that give no target (no message before the target: nothing to distil or replay from) are counted."""
 
     traces: int = 0
     error_turns: int = 0
+    no_context_turns: int = 0
     targets: int = 0
     empty_targets: int = 0
     thinking_only_targets: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> dict[str, Any]:
-        return {"traces": self.traces, "error_turns": self.error_turns, "targets": self.targets,
+        return {"traces": self.traces, "error_turns": self.error_turns, "no_context_turns": self.no_context_turns,
+                "targets": self.targets,
                 "empty_targets": self.empty_targets, "thinking_only_targets": self.thinking_only_targets,
                 "by_kind": dict(self.by_kind)}
 
@@ -63,12 +66,17 @@ def is_thinking_only(message: Message) -> bool:
 def build_targets(trace: Trace, report: TargetReport, *, provider: str = "rules", level: int = 2,
                   strip_thinking: bool = False, hint_role: HintRole = "user") -> Iterator[SDTarget]:
     """Targets of one trace. strip_thinking removes thinking from contexts and target; a target left with
-    nothing to train on is still emitted, flagged `empty_target`, and counted."""
+    nothing to train on is still emitted, flagged `empty_target`, and counted. An error turn whose target is
+    the trace's first message (its session's start was not recorded) has no student context, and a replay
+    no prompt: it gives no target and is counted in `no_context_turns`."""
     hint_provider = registries().hint_providers.get(provider)
     report.traces += 1
     keep_thinking = not strip_thinking
     for turn in find_error_turns(trace):
         report.error_turns += 1
+        if turn.target_index == 0:
+            report.no_context_turns += 1
+            continue
         hints = hint_provider.provide(HintRequest(trace, turn))
         chosen = next((hint for hint in hints if hint.level == level), None)
         if chosen is None:
