@@ -7,16 +7,16 @@ preference losses are checked against the plugin registries when the config is b
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from composer_core.distill import Divergence, Support, Tail
+from composer_core.documents import load_document
 from composer_core.errors import ConfigError
 from composer_core.objectives.advantages import AdvantageEstimator
 from composer_core.objectives.aggregation import AggregationMode
@@ -25,13 +25,40 @@ from composer_core.objectives.kl import KLEstimator
 from composer_core.plugins import Registry, registries
 from composer_core.preference import PreferenceLoss
 
+if TYPE_CHECKING:
+    from composer_core.selfteach import RepromptSettings
+
 Scope = Literal["global", "local"]
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a misspelt setting must never be silently ignored."""
+    """Unknown keys are errors: a misspelt setting must never be silently ignored; `.inf` and NaN are refused
+    (YAML reads `.inf` and `.nan` as floats, and a non-finite rate or weight poisons every step)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _non_finite_path(value: Any, where: str = "") -> str | None:
+    """The dotted path of the first non-finite float in a free-form value (dicts and lists walked), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value"
+    if isinstance(value, Mapping):
+        children: Any = value.items()
+    else:
+        children = enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, child in children:
+        found = _non_finite_path(child, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _finite_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a free-form settings mapping (params, context) that holds `.inf` or NaN anywhere."""
+    found = _non_finite_path(settings)
+    if found is not None:
+        raise ValueError(f"{found} is not a finite number; give a finite value")
+    return settings
 
 
 def _known(registry: Registry[Any], name: str) -> str:
@@ -57,6 +84,27 @@ def _settings(owner: str, registered: Objective | AdvantageEstimator, overrides:
         raise ConfigError(f"invalid params for {owner}: {describe(error)} (accepted: {accepted})") from None
 
 
+def reprompt_settings(context: Mapping[str, Any]) -> RepromptSettings:
+    """`distill.context` validated against the settings model of the teacher-context builder that every backend
+    uses; the error names the key and lists the accepted ones."""
+    from composer_core.selfteach import RepromptSettings  # selfteach builds on StrictModel: import when called
+
+    try:
+        return RepromptSettings.model_validate(dict(context))
+    except ValidationError as error:
+        raise ValueError(f"{describe(error)} (accepted: {', '.join(RepromptSettings.model_fields)})") from None
+
+
+def _fill_settings(section: dict[str, Any], key: str, settings: BaseModel, where: str, owner: str,
+                   notes: list[str]) -> None:
+    """Replace the given settings `section[key]` by all of `settings`, noting the keys that came from defaults."""
+    complete = settings.model_dump(mode="json")
+    defaulted = [name for name in complete if name not in section[key]]
+    section[key] = complete
+    if defaulted:
+        notes.append(f"{where}.{key}: {', '.join(defaulted)} from the defaults of {owner}")
+
+
 @dataclass(frozen=True)
 class ResolvedObjective:
     """An objective with its validated settings and the aggregation that applies."""
@@ -78,6 +126,8 @@ class ObjectiveConfig(StrictModel):
     def _registered(cls, name: str) -> str:
         return _known(registries().objectives, name)
 
+    _finite_params = field_validator("params")(_finite_settings)
+
     @model_validator(mode="after")
     def _params_valid(self) -> ObjectiveConfig:
         self.resolve()
@@ -98,6 +148,8 @@ class AdvantageConfig(StrictModel):
     @classmethod
     def _registered(cls, name: str | None) -> str | None:
         return None if name is None else _known(registries().advantage_estimators, name)
+
+    _finite_params = field_validator("params")(_finite_settings)
 
     def resolve(self, objective: str) -> tuple[AdvantageEstimator, ObjectiveParams]:
         name = self.name or registries().objectives.get(objective).advantage
@@ -148,13 +200,26 @@ class DistillConfig(StrictModel):
         "ema", description="teacher weights: SDPO ema; OPSD frozen; live diverges in the SDPO paper")
     teacher_rate: float = Field(0.05, gt=0.0, le=1.0, description="ema / trust-region rate r (SDPO 0.05)")
     context: dict[str, Any] = Field(default_factory=dict,
-                                    description="teacher-context settings, validated by the backend's builder "
-                                                "(success threshold, templates, truncation; docs/backends/trl.md)")
+                                    description="teacher-context settings (selfteach.RepromptSettings: success "
+                                                "threshold, templates, truncation; docs/backends/trl.md)")
 
     @field_validator("divergence")
     @classmethod
     def _registered(cls, name: str) -> str:
         return _known(registries().divergences, name)
+
+    @field_validator("context")
+    @classmethod
+    def _context_valid(cls, context: dict[str, Any]) -> dict[str, Any]:
+        """Checked here, against the settings model every backend's teacher-context builder uses, so that a
+        typo fails `composer-core config`, not a training job an hour later."""
+        _finite_settings(context)
+        reprompt_settings(context)
+        return context
+
+    def reprompt(self) -> RepromptSettings:
+        """The validated teacher-context settings."""
+        return reprompt_settings(self.context)
 
     @model_validator(mode="after")
     def _sampled_token_is_reverse_kl(self) -> DistillConfig:
@@ -223,17 +288,11 @@ class ComposerConfig(StrictModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> ComposerConfig:
-        """Load from a .yaml/.yml or .json file; errors name the file and the offending field."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
-        return cls.from_mapping(data or {}, source=str(path))
+        """Load from a .json file (strict JSON) or any other file as YAML, strictly (composer_core.documents:
+        duplicate keys, alias bombs, binary files and FIFOs are refused); errors name the file and the field.
+        An empty file means every library default."""
+        data = load_document(path, "config file")
+        return cls.from_mapping({} if data is None else data, source=str(path))
 
     @classmethod
     def from_mapping(cls, data: Any, source: str = "config") -> ComposerConfig:
@@ -243,3 +302,38 @@ class ComposerConfig(StrictModel):
             return cls.model_validate(dict(data))
         except ValidationError as error:
             raise ConfigError(f"{source} is invalid: {describe(error)}") from None
+
+    def resolved(self) -> tuple[dict[str, Any], list[str]]:
+        """The config as plain data with the defaults that are otherwise resolved later written out (objective
+        aggregation, normaliser and params, the advantage estimator and its params, the teacher-context
+        settings), and one note per section so filled. Loading the data again gives the same resolved config."""
+        data = self.model_dump(mode="json")
+        notes: list[str] = []
+        objective = self.policy.objective.resolve()
+        owner = f"objective {objective.objective.name!r}"
+        section = data["policy"]["objective"]
+        for key, value in (("aggregation", objective.aggregation), ("normaliser", objective.normaliser)):
+            if section[key] is None:
+                section[key] = value
+                notes.append(f"policy.objective.{key}: {value!r}, the default of {owner}")
+        _fill_settings(section, "params", objective.params, "policy.objective", owner, notes)
+        estimator, estimator_params = self.policy.advantage.resolve(objective.objective.name)
+        advantage = data["policy"]["advantage"]
+        if advantage["name"] is None:
+            advantage["name"] = estimator.name
+            notes.append(f"policy.advantage.name: {estimator.name!r}, the estimator {owner} is paired with")
+        _fill_settings(advantage, "params", estimator_params, "policy.advantage", f"estimator {estimator.name!r}",
+                       notes)
+        _fill_settings(data["distill"], "context", self.distill.reprompt(), "distill",
+                       "the teacher-context builder", notes)
+        return data, notes
+
+
+# The job `composer-core train` runs without --config (and `composer-core config` shows without a file):
+# Composer's Dr.GRPO-like objective plus self-distillation from the task's feedback and hints (full-vocabulary
+# JSD: the embedded model's vocabulary is small). The library default, ComposerConfig(), has every composer
+# channel off (plain Dr.GRPO), so that adding composer-core to an existing job changes nothing unasked.
+DEFAULT_JOB: dict[str, Any] = {
+    "policy": {"objective": {"name": "dr_grpo"}},
+    "distill": {"weight": 0.5, "support": "full", "alpha": 0.5},
+}

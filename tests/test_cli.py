@@ -1,9 +1,15 @@
 """The composer-core command, run as a real subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from composer_core.cli.main import main
+from composer_core.config import DEFAULT_JOB, ComposerConfig
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -11,10 +17,21 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False, timeout=120)
 
 
-def test_config_prints_the_resolved_defaults() -> None:
+def test_config_without_a_file_shows_the_train_job_resolved_and_says_so() -> None:
     result = run("config")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["policy"]["objective"]["name"] == "dr_grpo"
+    shown = json.loads(result.stdout)
+    assert shown == ComposerConfig.from_mapping(DEFAULT_JOB).resolved()[0]
+    assert shown["policy"]["objective"]["aggregation"] is not None and shown["policy"]["advantage"]["name"]
+    assert "the job `composer-core train` runs without --config" in result.stderr
+    assert "resolved policy.objective.aggregation" in result.stderr
+
+
+def test_config_library_defaults_are_the_plain_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--library-defaults"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == ComposerConfig().resolved()[0]
+    assert "ComposerConfig()" in captured.err
 
 
 def test_config_validates_a_file(tmp_path: Path) -> None:
@@ -26,3 +43,19 @@ def test_config_validates_a_file(tmp_path: Path) -> None:
     result = run("config", str(bad))
     assert result.returncode == 2
     assert "unknown objective 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_refuses_a_fifo_with_a_clear_error(tmp_path: Path) -> None:
+    fifo = tmp_path / "job.yaml"
+    os.mkfifo(fifo)  # with no writer, opening it would block forever: the run's timeout bounds the test
+    result = run("config", str(fifo))
+    assert result.returncode == 2
+    assert f"composer-core: error: config file {fifo} is not a regular file (a FIFO)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_refuses_a_binary_file_with_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "job.json"
+    binary.write_bytes(bytes(range(256)))
+    assert main(["config", str(binary)]) == 2  # any other exception would escape main() as a traceback
+    assert f"composer-core: error: config file {binary} is not UTF-8 text" in capsys.readouterr().err

@@ -174,13 +174,14 @@ def test_autoload_setting_naming_a_missing_plugin_fails_clearly(example_site: Pa
 # --- failure modes ---------------------------------------------------------------------------------------------
 
 
-def write_distribution(site: Path, module_source: str) -> None:
-    """A minimal installed distribution `broken-plugin` whose entry point `broken` is the module given."""
-    info = site / "broken_plugin-1.0.dist-info"
+def write_distribution(site: Path, module_source: str, plugin: str = "broken") -> None:
+    """A minimal installed distribution `<plugin>-plugin` whose entry point `<plugin>` is the module
+    `<plugin>_plugin` with the source given."""
+    info = site / f"{plugin}_plugin-1.0.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[composer_core]\nbroken = broken_plugin\n")
-    (site / "broken_plugin.py").write_text(module_source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {plugin}-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[composer_core]\n{plugin} = {plugin}_plugin\n")
+    (site / f"{plugin}_plugin.py").write_text(module_source)
 
 
 def test_plugin_that_fails_to_import_is_named_with_its_distribution(tmp_path: Path) -> None:
@@ -301,3 +302,185 @@ def test_cli_text_lists_every_registry_kind(builtins_only: None, capsys: pytest.
     for heading, registry in zip(REGISTRY_HEADINGS, registries().all().values(), strict=True):
         assert f"\n{heading}:\n" in out
         assert all(re.search(rf"^  {name} +composer_core\.", out, re.MULTILINE) for name in registry.names())
+
+
+# --- hostile plugins and settings, through real installed distributions -----------------------------------------
+
+RAISING_HOOK = """
+from composer_core.plugins import hookimpl
+
+
+@hookimpl
+def register_objectives(register):
+    raise RuntimeError("the plugin's own bug")
+"""
+
+OBJECTIVE_PLUGIN = """
+from composer_core.objectives import Objective, ObjectiveParams, TokenLoss
+from composer_core.plugins import hookimpl
+
+
+def plain_reinforce(batch, params):
+    return TokenLoss(-batch.advantages * batch.log_prob)
+
+
+@hookimpl
+def register_objectives(register):
+    register(Objective({name!r}, plain_reinforce, ObjectiveParams, "token-mean", "grpo", "test objective"))
+"""
+
+
+def objective_plugin(name: str) -> str:
+    """The source of a plugin module that registers one objective called `name`."""
+    return OBJECTIVE_PLUGIN.format(name=name)
+
+
+@pytest.fixture
+def site(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A folder on sys.path whose distributions this process loads as installed plugins (COMPOSER_CORE_PLUGINS
+    unset); the plugins are reloaded before and after the test, and the folder's modules forgotten."""
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reset_plugins()
+    yield tmp_path
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+    reset_plugins()
+
+
+def test_hook_that_raises_names_the_plugin_its_hook_and_distribution(site: Path) -> None:
+    write_distribution(site, RAISING_HOOK, "hookfail")
+    with pytest.raises(PluginError) as caught:
+        registries()
+    assert str(caught.value).startswith("plugin 'hookfail' (entry point hookfail = hookfail_plugin (hookfail-plugin "
+                                        "1.0)) failed in its hook register_objectives: RuntimeError: the plugin's "
+                                        "own bug")
+    assert AUTOLOAD_ENV in str(caught.value)
+
+
+class RaisingPlugin:
+    """A run-time plugin whose divergence hook raises the error it is given."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @hookimpl
+    def register_divergences(self, register: Callable[[object], None]) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [KeyError("missing"), ConfigError("its own config"), PluginError("its own")],
+                         ids=["KeyError", "ConfigError", "PluginError"])
+def test_run_time_plugin_whose_hook_raises_is_named_and_removed(builtins_only: None, error: Exception) -> None:
+    with pytest.raises(PluginError, match="plugin 'raiser' \\(registered at run time\\) failed in its hook "
+                                          f"register_divergences: {type(error).__name__}"):
+        register_plugin(RaisingPlugin(error), "raiser")
+    assert plugin_manager().get_plugin("raiser") is None
+    assert "generalized_jsd" in registries().divergences
+
+
+@pytest.mark.parametrize("setting", ["", "  ", ",", " , "])
+def test_empty_autoload_setting_is_an_error_not_every_plugin_off(site: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 setting: str) -> None:
+    monkeypatch.setenv(AUTOLOAD_ENV, setting)
+    with pytest.raises(PluginError, match=f"{AUTOLOAD_ENV} is set but names no plugin .*unset it .*'none'"):
+        registries()
+
+
+def test_autoload_setting_mixing_none_with_names_is_an_error(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_distribution(site, objective_plugin("mixed_objective"), "mixed")
+    monkeypatch.setenv(AUTOLOAD_ENV, "none,mixed")
+    with pytest.raises(PluginError, match="mixes 'none' with plugin names"):
+        registries()
+
+
+@pytest.mark.parametrize(("setting", "third_party_loaded", "backends_loaded"), [
+    (None, True, True), ("keep", True, True), ("trl", False, True), ("none", False, False),
+])
+def test_autoload_setting_selects_third_party_plugins_and_keeps_the_backends(
+        site: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, third_party_loaded: bool,
+        backends_loaded: bool) -> None:
+    write_distribution(site, objective_plugin("kept_objective"), "keep")
+    if setting is not None:
+        monkeypatch.setenv(AUTOLOAD_ENV, setting)
+    assert ("kept_objective" in registries().objectives) is third_party_loaded
+    assert ({"trl", "verl"} <= set(registries().backends.names())) is backends_loaded
+    if backends_loaded:
+        assert "composer-core" in registries().backends.entry("trl").source
+
+
+def test_two_plugins_registering_one_name_fail_naming_both_and_the_way_out(site: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for plugin in ("first", "second"):
+        write_distribution(site, objective_plugin("twin_objective"), plugin)
+    with pytest.raises(PluginError, match="objective 'twin_objective' is registered twice") as caught:
+        registries()
+    message = str(caught.value)
+    for plugin, other in (("first", "second"), ("second", "first")):
+        assert f"plugin {plugin!r} (entry point {plugin} = {plugin}_plugin ({plugin}-plugin 1.0))" in message
+        assert f"{AUTOLOAD_ENV}={other} leaves out {plugin!r}" in message
+    monkeypatch.setenv(AUTOLOAD_ENV, "first")
+    reset_plugins()
+    assert registries().objectives.entry("twin_objective").plugin == "first"
+
+
+def test_plugin_taking_a_builtin_name_is_told_how_to_leave_it_out(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_distribution(site, objective_plugin("grpo"), "shadow")
+    with pytest.raises(PluginError, match=f"plugin {BUILTIN_PLUGIN!r} \\(built-in\\) and by plugin 'shadow'") as caught:
+        registries()
+    advice = re.search(f"{AUTOLOAD_ENV}=(\\S+) leaves out 'shadow'", str(caught.value))
+    assert advice is not None, str(caught.value)
+    monkeypatch.setenv(AUTOLOAD_ENV, advice.group(1))
+    reset_plugins()
+    assert registries().objectives.entry("grpo").plugin == BUILTIN_PLUGIN
+    assert {"trl", "verl"} <= set(registries().backends.names())
+
+
+def test_two_distributions_declaring_one_plugin_name_are_both_named(site: Path) -> None:
+    write_distribution(site, objective_plugin("same_objective"), "same")
+    other = site / "other_distribution-2.0.dist-info"
+    other.mkdir()
+    (other / "METADATA").write_text("Metadata-Version: 2.1\nName: other-distribution\nVersion: 2.0\n")
+    (other / "entry_points.txt").write_text("[composer_core]\nsame = same_plugin\n")
+    with pytest.raises(PluginError, match="two installed distributions declare the plugin 'same'.*uninstall one") \
+            as caught:
+        registries()
+    assert "(same-plugin 1.0)" in str(caught.value) and "(other-distribution 2.0)" in str(caught.value)
+
+
+def test_cli_plugins_lists_the_plugins_next_to_a_conflict(tmp_path: Path) -> None:
+    for plugin in ("first", "second"):
+        write_distribution(tmp_path, objective_plugin("twin_objective"), plugin)
+    result = run_python(["-m", "composer_core.cli", "plugins"], tmp_path)
+    assert result.returncode == 2
+    assert "composer-core: error: objective 'twin_objective' is registered twice" in result.stderr
+    assert "Traceback" not in result.stderr
+    for plugin in ("first", "second"):
+        assert f"  {plugin}  (entry point {plugin} = {plugin}_plugin ({plugin}-plugin 1.0))" in result.stdout
+
+
+def test_cli_plugins_json_and_config_report_a_conflict(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for plugin in ("first", "second"):
+        write_distribution(site, objective_plugin("twin_objective"), plugin)
+    assert main(["plugins", "--json"]) == 2
+    captured = capsys.readouterr()
+    listing = json.loads(captured.out)
+    assert {"first", "second"} <= set(listing["plugins"]) and listing["registries"] is None
+    assert "registered twice" in listing["error"] and "registered twice" in captured.err
+    assert main(["config"]) == 2
+    assert "composer-core: error: objective 'twin_objective' is registered twice" in capsys.readouterr().err
+
+
+README_PLUGIN = next(block for block in re.findall(r"```python\n(.*?)```", (CORE_ROOT / "README.md").read_text(),
+                                                   re.S) if "@hookimpl" in block)
+README_ENTRY_POINT = re.search(r"\[project\.entry-points\.composer_core\]\n(\w+) =",
+                               (CORE_ROOT / "README.md").read_text()).group(1)  # type: ignore[union-attr]
+
+
+def test_readme_plugin_installs_next_to_the_example_plugin(site: Path, example_site: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(example_site))
+    write_distribution(site, README_PLUGIN, README_ENTRY_POINT)
+    plugins = {entry.plugin for entry in registries().objectives}  # raises on a name both plugins register
+    assert {"example_objective", README_ENTRY_POINT} <= plugins

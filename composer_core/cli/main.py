@@ -9,26 +9,46 @@ from collections.abc import Sequence
 
 from composer_core.cli.traces import add_traces_commands
 from composer_core.cli.train import add_train_command
-from composer_core.config import ComposerConfig
-from composer_core.errors import ComposerError
-from composer_core.plugins import plugin_sources, registries
+from composer_core.config import DEFAULT_JOB, ComposerConfig
+from composer_core.errors import ComposerError, PluginError
+from composer_core.plugins import Registries, plugin_sources, registries
 
 
 def _describe(item: object) -> str:
     return getattr(item, "description", "") or ""
 
 
-def plugins_command(args: argparse.Namespace) -> int:
-    """List every registered objective, estimator, divergence and preference loss, and where it came from."""
-    listing = {kind: [{"name": entry.name, "plugin": entry.plugin, "source": entry.source,
-                       "description": _describe(entry.item)} for entry in registry]
-               for kind, registry in registries().all().items()}
-    if args.json:
-        print(json.dumps({"plugins": plugin_sources(), "registries": listing}, indent=2))
-        return 0
+def _print_plugins(sources: dict[str, str]) -> None:
     print("plugins:")
-    for name, source in plugin_sources().items():
+    for name, source in sources.items():
         print(f"  {name}  ({source})")
+
+
+def _listing(loaded: Registries) -> dict[str, list[dict[str, str]]]:
+    return {kind: [{"name": entry.name, "plugin": entry.plugin, "source": entry.source,
+                    "description": _describe(entry.item)} for entry in registry]
+            for kind, registry in loaded.all().items()}
+
+
+def plugins_command(args: argparse.Namespace) -> int:
+    """List every registered objective, estimator, divergence and preference loss, and where it came from.
+
+    When the plugins' registrations fail (two plugins registering one name, a hook that raises), the plugins
+    and their distributions are still listed before the error, so the conflict can be diagnosed.
+    """
+    sources = plugin_sources()
+    try:
+        listing = _listing(registries())
+    except PluginError as error:
+        if args.json:
+            print(json.dumps({"plugins": sources, "registries": None, "error": str(error)}, indent=2))
+        else:
+            _print_plugins(sources)
+        raise
+    if args.json:
+        print(json.dumps({"plugins": sources, "registries": listing}, indent=2))
+        return 0
+    _print_plugins(sources)
     for kind, entries in listing.items():
         print(f"\n{kind.replace('_', ' ')}:")
         for entry in entries:
@@ -36,10 +56,26 @@ def plugins_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_to_show(args: argparse.Namespace) -> tuple[ComposerConfig, str]:
+    """The config the command shows and a line saying what it is."""
+    if args.file:
+        return ComposerConfig.from_file(args.file), f"config file {args.file}"
+    if args.library_defaults:
+        return ComposerConfig(), "the library defaults, ComposerConfig(): every composer channel off"
+    return (ComposerConfig.from_mapping(DEFAULT_JOB, source="the default train job"),
+            "no file given: the job `composer-core train` runs without --config (the library defaults, with "
+            "self-distillation off: --library-defaults)")
+
+
 def config_command(args: argparse.Namespace) -> int:
-    """Validate a config file and print it with every default filled in."""
-    config = ComposerConfig.from_file(args.file) if args.file else ComposerConfig()
-    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    """Validate a config and print it as JSON with every default filled in, including those the objective, its
+    advantage estimator and the teacher-context builder supply; stderr says what was shown and what was filled."""
+    config, what = _config_to_show(args)
+    data, notes = config.resolved()
+    print(json.dumps(data, indent=2))
+    print(f"composer-core config: {what}", file=sys.stderr)
+    for note in notes:
+        print(f"  resolved {note}", file=sys.stderr)
     return 0
 
 
@@ -50,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(run=plugins_command)
     config = commands.add_parser("config", help="validate a ComposerConfig (YAML/JSON) and show it resolved")
-    config.add_argument("file", nargs="?", help="config file; omitted: the defaults")
+    config.add_argument("file", nargs="?", help="config file; omitted: the job `composer-core train` runs without "
+                                                "--config")
+    config.add_argument("--library-defaults", action="store_true",
+                        help="show ComposerConfig()'s defaults (composer channels off) instead of the train job")
     config.set_defaults(run=config_command)
     add_traces_commands(commands)
     add_train_command(commands)
