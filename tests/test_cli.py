@@ -59,3 +59,16 @@ def test_config_refuses_a_binary_file_with_a_clear_error(tmp_path: Path, capsys:
     binary.write_bytes(bytes(range(256)))
     assert main(["config", str(binary)]) == 2  # any other exception would escape main() as a traceback
     assert f"composer-core: error: config file {binary} is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback() -> None:
+    """`composer-core plugins | head -1`: output into a pipe whose reader has gone ends the command quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: every write fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "composer_core.cli", "plugins"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr

@@ -306,9 +306,11 @@ def big_input(tmp_path: Path) -> Path:
 
 
 def _start_then_signal(tmp_path: Path, source: Path, out: Path, signal_number: int) -> subprocess.Popen:
-    """Start an ingest, wait (bounded) until its temporary output holds data, then send the signal."""
-    process = subprocess.Popen([sys.executable, "-m", "composer_core.cli", "traces", "ingest", str(source), "--out",
-                                str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Start an ingest, wait (bounded) until its temporary output holds data, then send the signal; its stderr
+    goes to tmp_path/stderr.txt."""
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "composer_core.cli", "traces", "ingest", str(source),
+                                    "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + DEADLINE_S
     while not any(path.stat().st_size for path in tmp_path.glob(f".{out.name}.*.partial")):
         assert process.poll() is None, "the ingest ended before it could be interrupted"
@@ -331,6 +333,10 @@ def test_a_killed_or_interrupted_ingest_keeps_the_previous_output(tmp_path: Path
     assert digest(out) == before
     leftovers = list(tmp_path.glob(".traces*.partial"))
     assert leftovers == [] if signal_number == signal.SIGINT else all(path.name.startswith(".") for path in leftovers)
+    if signal_number == signal.SIGINT:  # Ctrl-C is one line and the shell's exit status, not a traceback
+        stderr = (tmp_path / "stderr.txt").read_text()
+        assert process.returncode == 130
+        assert "Traceback" not in stderr and "composer-core: interrupted" in stderr
 
 
 # 6. Prompts to the user are not failures; targets that `traces targets` makes are replayable.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -97,10 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user's mistake, Ctrl-C, a closed pipe or a full disk is one line on stderr, not a
+    traceback (outputs are written atomically, so an interrupted command leaves the previous files)."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except ComposerError as error:
         print(f"composer-core: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("composer-core: interrupted; files it was writing were left as they were before", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader left (`| head`): no flush error
+        return 141
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"composer-core: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
 
