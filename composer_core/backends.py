@@ -10,15 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from composer_core.config import ComposerConfig
-
 
 @dataclass(frozen=True)
 class Backend:
     """train(config, **options) runs the job and returns a summary dict; native_config(config) returns the
-    backend's own configuration that the ComposerConfig maps to, as text a user can paste into a job."""
+    backend's own configuration that the ComposerConfig maps to, as text a user can paste into a job: only what
+    the composer loss needs, so an existing job's run is unchanged; native_config(config, run_settings=True) adds
+    the config's run settings (learning rate, batch shape, lengths, steps, saving)."""
 
     name: str
     description: str
     train: Callable[..., dict[str, Any]]
-    native_config: Callable[[ComposerConfig], str]
+    native_config: Callable[..., str]

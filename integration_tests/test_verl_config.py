@@ -71,17 +71,6 @@ def test_printed_overrides_compose_with_verls_config_and_read_back(name: str) ->
         assert composed.trainer.use_v1 and composed.trainer.v1.trainer_mode == "composer"
 
 
-def test_cli_prints_the_overrides(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
-    path = tmp_path / "job.yaml"
-    path.write_text("policy:\n  objective:\n    name: dapo\n")
-    assert cli_main(["train", "--config", str(path), "--backend", "verl", "--print-backend-config"]) == 0
-    printed = capsys.readouterr().out
-    lines = [line for line in printed.splitlines() if line and not line.startswith("#")]
-    assert "actor_rollout_ref.actor.policy_loss.loss_mode=composer_dapo" in lines
-    assert "actor_rollout_ref.actor.clip_ratio_high=0.28" in lines
-    compose(lines)
-
-
 def test_cli_train_on_verl_points_to_verls_launcher(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["train", "--backend", "verl"]) != 0
     assert "--print-backend-config" in capsys.readouterr().err
@@ -90,6 +79,8 @@ def test_cli_train_on_verl_points_to_verls_launcher(tmp_path: Any, capsys: pytes
 REFUSED = {
     "preference channel": ({"preference": {"weight": 0.5}}, [], "trace-replay DPO"),
     "full-vocabulary support": ({"distill": {"weight": 0.5, "support": "full"}}, [], "support"),
+    "sapo without its aggregation": ({"policy": {"objective": {"name": "sapo", "aggregation": "token-mean"}}}, [],
+                                     "always aggregates seq-mean-token-mean"),
 }
 
 

@@ -44,7 +44,7 @@ def test_the_smoke_jobs_compose_with_verls_config(phase: str, tmp_path: Path) ->
     train = script.write_data(tmp_path, 8, "train", seed=0)
     base = script.one_gpu_overrides(script.embedded_model(), train, train, steps=2)
     owned = {line.split("=", 1)[0] for line in base}
-    composer = [line for line in verl_overrides(ComposerConfig.from_mapping(script.PHASES[phase]))
+    composer = [line for line in verl_overrides(ComposerConfig.from_mapping(script.PHASES[phase]), run_settings=True)
                 if line.split("=", 1)[0] not in owned]
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):

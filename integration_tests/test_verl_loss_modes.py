@@ -58,14 +58,10 @@ GLOBAL_INFOS = {"local": GlobalInfo(loss_scale_factor=None),
                 "dp2-global": GlobalInfo(dp_size=2, batch_num_tokens=150, global_batch_size=16, loss_scale_factor=16)}
 
 
-def aggregations(verl_mode: str) -> tuple[str, ...]:
-    return ("seq-mean-token-mean",) if verl_mode == "sapo" else AGGREGATION_MODES  # VeRL's sapo forces it
-
-
 CASES = [pytest.param(mode, objective, settings, aggregation, info,
                       id=f"{objective}~{mode}-{settings}-{aggregation}-{info}")
          for mode, objectives in SAME_MATH.items() for objective in objectives for settings in ACTOR_SETTINGS
-         for aggregation in aggregations(mode) for info in GLOBAL_INFOS]
+         for aggregation in AGGREGATION_MODES for info in GLOBAL_INFOS]
 
 
 def registered_loss(loss_mode: str, batch: Batch, aggregation: str, info: GlobalInfo,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from composer_core.errors import BatchError, ConfigError
 from composer_core.objectives import Normaliser
 from composer_core.objectives.base import Objective, ObjectiveParams
@@ -61,7 +63,26 @@ def objective_params(objective: Objective, config: Any, composer_params: Mapping
             raise ConfigError(f"composer.policy.objective.params.{name}={value} disagrees with VeRL's {key}="
                               f"{carried[name]}: under VeRL set {key} (VeRL's config is the source of truth "
                               "for the settings it carries) and drop the composer one")
-    return objective.make_params({**carried, **extras})
+    try:
+        return objective.make_params({**carried, **extras})
+    except ValidationError as error:
+        raise ConfigError(invalid_settings_message(objective.name, error, carried)) from None
+
+
+def invalid_settings_message(objective_name: str, error: ValidationError, carried: Mapping[str, Any]) -> str:
+    """Each refused setting under the key a user sets: VeRL's for what its config carries, else the composer one.
+
+    VeRL's own modes compute with any number (a negative clip ratio moves a bound across 1, a non-positive SAPO
+    temperature flips or blows up the gate); the composer twin refuses the values that make the loss meaningless.
+    """
+    problems = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else "?"
+        if name in carried:
+            problems.append(f"{ACTOR_CARRIED[name][0]}={carried[name]}: {problem['msg']}")
+        else:
+            problems.append(f"composer.policy.objective.params.{name}: {problem['msg']}")
+    return f"composer_{objective_name} cannot run with " + "; ".join(problems) + ": set a value in the allowed range"
 
 
 # the global count each aggregation mode needs once the batch is split across data-parallel ranks
@@ -69,18 +90,33 @@ GLOBAL_COUNT = {"token-mean": "batch_num_tokens", "seq-mean-token-sum": "global_
                 "seq-mean-token-sum-norm": "global_batch_size", "seq-mean-token-mean": "global_batch_size"}
 
 
+GLOBAL_BATCH_KEYS = frozenset({"dp_size", "batch_num_tokens", "global_batch_size", "loss_scale_factor"})
+
+
 def global_normaliser(global_batch_info: Mapping[str, Any], aggregation: str) -> Normaliser:
     """The Normaliser equal to VeRL's `agg_loss(..., **config.global_batch_info)` (data-parallel invariant).
 
     Like VeRL, a data-parallel run without the global count its aggregation needs is an error: counting each
-    rank's shard alone would weight ranks unequally.
+    rank's shard alone would weight ranks unequally. A key VeRL's agg_loss does not take, a dp_size below 1 and a
+    non-positive loss_scale_factor in the mode that divides by it are refused: VeRL would raise on the first and
+    silently zero, blow up or negate the loss on the others.
     """
-    dp_size = global_batch_info.get("dp_size", 1) or 1
+    unknown = sorted(set(global_batch_info) - GLOBAL_BATCH_KEYS)
+    if unknown:
+        raise BatchError(f"global_batch_info has {unknown}, which VeRL's agg_loss does not take (it knows "
+                         f"{sorted(GLOBAL_BATCH_KEYS)}): a newer VeRL? The composer loss cannot tell how to aggregate")
+    dp_size = global_batch_info.get("dp_size", 1)
+    if dp_size is None or dp_size < 1:
+        raise BatchError(f"global_batch_info dp_size={dp_size!r}: expected the data-parallel size, an integer >= 1")
     needed = GLOBAL_COUNT.get(aggregation)
     if dp_size > 1 and needed and global_batch_info.get(needed) is None:
         raise BatchError(f"loss_agg_mode {aggregation!r} with dp_size={dp_size} needs the global {needed} in "
                          "the actor's global_batch_info (VeRL's actor fills it from the batch)")
+    scale_factor = global_batch_info.get("loss_scale_factor")
+    if aggregation == "seq-mean-token-sum-norm" and scale_factor is not None and scale_factor <= 0:
+        raise ConfigError(f"actor_rollout_ref.actor.loss_scale_factor={scale_factor}: seq-mean-token-sum-norm "
+                          "divides the loss by it, so it must be a positive length (the longest response, or null "
+                          "for the padded length)")
     return Normaliser(num_tokens=global_batch_info.get("batch_num_tokens"),
                       num_sequences=global_batch_info.get("global_batch_size"),
-                      max_length=global_batch_info.get("loss_scale_factor"),
-                      scale=dp_size)
+                      max_length=scale_factor, scale=dp_size)

@@ -7,6 +7,8 @@ run is an error here, before a cluster is booked.
 
 from __future__ import annotations
 
+import re
+import shlex
 from typing import Any
 
 from composer_core.config import ComposerConfig, DistillConfig
@@ -14,6 +16,7 @@ from composer_core.errors import ConfigError
 from composer_verl.actor_settings import ACTOR_CARRIED
 from composer_verl.advantages import estimator_name
 from composer_verl.policy_loss import loss_mode_name
+from composer_verl.twins import VERL_TWINS
 
 ACTOR = "actor_rollout_ref.actor"
 # composer KL estimator -> VeRL's kl_loss_type / kl_penalty name
@@ -22,14 +25,33 @@ VERL_KL_TYPES = {"k1": "k1", "k2": "k2", "k3": "low_var_kl", "abs": "abs"}
 VERL_DISTILL_SUPPORTS = ("student_topk", "teacher_topk", "sampled_token")
 
 
+# Dr.GRPO's constant length is the job's own response length, never the demo's (an interpolation hydra resolves)
+LOSS_SCALE_FACTOR = f"{ACTOR}.loss_scale_factor=${{data.max_response_length}}"
+
+
+# a string hydra reads back as that string without quotes (not a number, not one of its words)
+PLAIN_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+HYDRA_WORDS = frozenset({"null", "true", "false", "inf", "nan"})
+
+
+def hydra_quoted(text: str) -> str:
+    """`text` as a hydra quoted string that reads back exactly: backslashes before a quote or the closing quote
+    are doubled, quotes and interpolations (`${`) escaped; newlines and tabs stay literal (hydra keeps them)."""
+    escaped = re.sub(r"(\\*)'", lambda match: match.group(1) * 2 + "\\'", text)
+    escaped = re.sub(r"(\\*)\$\{", lambda match: match.group(1) * 2 + "\\${", escaped)
+    escaped = re.sub(r"(\\+)$", lambda match: match.group(1) * 2, escaped)
+    return f"'{escaped}'"
+
+
 def hydra_value(value: Any) -> str:
-    """A value as hydra's override grammar reads it."""
+    """A value as hydra's override grammar reads it back unchanged."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value if value.replace("_", "").replace("-", "").replace(".", "").isalnum() else repr(value)
+        plain = PLAIN_STRING.fullmatch(value) and value.lower() not in HYDRA_WORDS
+        return value if plain else hydra_quoted(value)
     return str(value)
 
 
@@ -45,7 +67,15 @@ def check_runnable(config: ComposerConfig) -> None:
     if config.distill.weight > 0 and config.distill.support not in VERL_DISTILL_SUPPORTS:
         raise ConfigError(f"distill.support={config.distill.support!r}: on VeRL the teacher is computed before "
                           "the update and shipped as top-K tensors (the full vocabulary per token would not fit), so "
-                          f"the support must be one of {VERL_DISTILL_SUPPORTS}")
+                          f"set distill.support to one of {', '.join(VERL_DISTILL_SUPPORTS)} in a config file and "
+                          "pass it with --config (without --config the job is the embedded TRL demo, whose tiny "
+                          "vocabulary allows 'full'; `composer-core config` prints it as a starting point)")
+    resolved = config.policy.objective.resolve()
+    twin = VERL_TWINS.get(resolved.objective.name)
+    if twin and twin.forced_aggregation and resolved.aggregation != twin.forced_aggregation:
+        raise ConfigError(f"policy.objective.aggregation={resolved.aggregation!r}: VeRL's {twin.mode} (and its twin "
+                          f"composer_{resolved.objective.name}) always aggregates {twin.forced_aggregation}; set "
+                          "that aggregation, or train on the trl backend")
 
 
 def policy_overrides(config: ComposerConfig) -> list[str]:
@@ -55,7 +85,7 @@ def policy_overrides(config: ComposerConfig) -> list[str]:
     lines = [f"{ACTOR}.policy_loss.loss_mode={loss_mode_name(resolved.objective.name)}",
              f"{ACTOR}.loss_agg_mode={resolved.aggregation}"]
     if resolved.aggregation == "seq-mean-token-sum-norm":
-        lines.append(f"{ACTOR}.loss_scale_factor={config.run.max_completion_length}")
+        lines.append(LOSS_SCALE_FACTOR)
     for name, (key, _) in ACTOR_CARRIED.items():
         if name in params and params[name] is not None:
             lines.append(f"{key}={hydra_value(params[name])}")
@@ -91,7 +121,7 @@ def composer_group(config: ComposerConfig) -> list[str]:
 
 
 def run_overrides(config: ComposerConfig) -> list[str]:
-    """Batch shape, learning rate, length and steps; the model only when the config names one."""
+    """Batch shape, learning rate, length, steps and saving; the model only when the config names one."""
     run = config.run
     lines = [f"data.train_batch_size={run.prompts_per_step}",
              f"{ACTOR}.ppo_mini_batch_size={run.prompts_per_step}",
@@ -101,26 +131,32 @@ def run_overrides(config: ComposerConfig) -> list[str]:
              f"trainer.total_training_steps={run.max_steps}",
              f"trainer.save_freq={run.save_steps}"]
     if config.model.path:
-        lines.append(f"actor_rollout_ref.model.path={config.model.path}")
+        lines.append(f"actor_rollout_ref.model.path={hydra_value(config.model.path)}")
     return lines
 
 
-def verl_overrides(config: ComposerConfig) -> list[str]:
-    """Every override, in the order a user reads them: trainer, policy, composer group, run."""
+def verl_overrides(config: ComposerConfig, *, run_settings: bool = False) -> list[str]:
+    """The overrides in the order a user reads them: trainer, policy, composer group, and the run settings only
+    when asked (pasted into an existing job, the demo's learning rate or batch size would silently replace its own)."""
     check_runnable(config)
     trainer = ["trainer.use_v1=true", "trainer.v1.trainer_mode=composer"] if config.distill.weight > 0 else []
-    return trainer + policy_overrides(config) + composer_group(config) + run_overrides(config)
+    run = run_overrides(config) if run_settings else []
+    return trainer + policy_overrides(config) + composer_group(config) + run
 
 
-def render(config: ComposerConfig) -> str:
-    """The overrides as a commented block to paste after `python -m verl.trainer.main_ppo`."""
-    lines = verl_overrides(config)
-    header = ["# composer-core -> VeRL 0.9 hydra overrides (append to your verl.trainer.main_ppo command)",
-              "# data.* files, the reward function and the cluster layout stay your job's own."]
+def render(config: ComposerConfig, *, run_settings: bool = False) -> str:
+    """The overrides to append to `python -m verl.trainer.main_ppo \\`: one per line, quoted for the shell where
+    needed and continued with a backslash, then comment lines, so the whole block pastes into a shell as it is."""
+    lines = [shlex.quote(line) for line in verl_overrides(config, run_settings=run_settings)]
+    notes = ["# composer-core -> VeRL 0.9 hydra overrides, for the end of your verl.trainer.main_ppo command.",
+             "# data.* files, the reward function and the cluster layout stay your job's own."]
+    if not run_settings:
+        notes.append("# Only what the composer loss needs: learning rate, batch shape, lengths, steps and saving stay "
+                     "your job's own (--with-run-settings adds the config's).")
     params = config.policy.objective.resolve().params.model_dump()
     if "dual_clip_c" in params and params["dual_clip_c"] is None:
-        header.append("# no dual clip in this config, but VeRL always applies clip_ratio_c (default 3.0) to "
-                      "negative advantages")
+        notes.append("# No dual clip in this config, but VeRL always applies clip_ratio_c (default 3.0) to "
+                     "negative advantages.")
     if config.distill.weight == 0:
-        header.append("# channel 1 only: any VeRL trainer runs it; the composer trainer is needed for distill.")
-    return "\n".join(header + lines)
+        notes.append("# Channel 1 only: any VeRL trainer runs it; the composer trainer is needed for distill.")
+    return "\n".join([f"{line} \\" for line in lines[:-1]] + lines[-1:] + notes)

@@ -14,9 +14,11 @@ from composer_core.objectives.base import ObjectiveParams, PolicyBatch, TokenLos
 
 class ClipParams(ObjectiveParams):
     """PPO-style clipping. dual_clip_c bounds the loss of negative advantages (verl always applies 3.0;
-    TRL never); log_ratio_clamp clamps log r before exp (verl 20; TRL none)."""
+    TRL never); log_ratio_clamp clamps log r before exp (verl 20; TRL none). clip_ratio_low >= 1 puts the
+    lower bound at or below 0, which a ratio never crosses: no lower clip (verl accepts it; so does every
+    objective here)."""
 
-    clip_ratio_low: float = Field(0.2, ge=0.0, lt=1.0)
+    clip_ratio_low: float = Field(0.2, ge=0.0)
     clip_ratio_high: float = Field(0.2, ge=0.0)
     dual_clip_c: float | None = Field(None, gt=1.0)
     log_ratio_clamp: float | None = Field(20.0, gt=0.0)
@@ -25,7 +27,7 @@ class ClipParams(ObjectiveParams):
 class SequenceClipParams(ObjectiveParams):
     """GSPO: clip bounds on the sequence ratio; log_ratio_max clamps its log from above (verl 10)."""
 
-    clip_ratio_low: float = Field(3e-4, ge=0.0, lt=1.0)
+    clip_ratio_low: float = Field(3e-4, ge=0.0)
     clip_ratio_high: float = Field(4e-4, ge=0.0)
     log_ratio_max: float | None = Field(10.0, gt=0.0)
 
@@ -37,7 +39,7 @@ class CISPOParams(ObjectiveParams):
     epsilon_high - 1 with lower_clip False. verl's form clips both sides with its clip ratios.
     """
 
-    clip_ratio_low: float = Field(0.2, ge=0.0, lt=1.0)
+    clip_ratio_low: float = Field(0.2, ge=0.0)
     clip_ratio_high: float = Field(4.0, ge=0.0)
     lower_clip: bool = False
     log_ratio_clamp: float | None = Field(20.0, gt=0.0)
@@ -112,9 +114,10 @@ def sapo(batch: PolicyBatch, params: SAPOParams) -> TokenLoss:
     """SAPO: a soft sigmoid gate `4/tau * sigmoid(tau (r - 1))` replaces the hard clip; tau by advantage sign."""
     log_r = log_ratio(batch, params.log_ratio_clamp)
     ratio = log_r.exp()
-    tau = torch.where(batch.advantages > 0, params.tau_pos, params.tau_neg).to(ratio.dtype)
+    advantages = batch.advantages  # temperatures in its dtype, as VeRL builds them (float32 would round them)
+    tau = torch.where(advantages > 0, advantages.new_tensor(params.tau_pos), advantages.new_tensor(params.tau_neg))
     gate = torch.sigmoid(tau * (ratio - 1)) * (4 / tau)
-    return TokenLoss(-gate * batch.advantages, {"approx_kl": -log_r.detach()})
+    return TokenLoss(-gate * advantages, {"approx_kl": -log_r.detach()})
 
 
 def reinforce(batch: PolicyBatch, params: NoParams) -> TokenLoss:

@@ -88,7 +88,7 @@ def run_phase(name: str, mapping: dict[str, Any], base: list[str], output: Path)
     config = ComposerConfig.from_mapping({**mapping, "run": {"prompts_per_step": 8, "num_generations": 4,
                                                              "max_completion_length": 16}})
     owned = {line.split("=", 1)[0] for line in base}  # hydra refuses two values for one key
-    overrides = [line for line in verl_overrides(config) if line.split("=", 1)[0] not in owned]
+    overrides = [line for line in verl_overrides(config, run_settings=True) if line.split("=", 1)[0] not in owned]
     command = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides, *base, f"trainer.experiment_name={name}"]
     print(f"[{name}] {' '.join(command)}", flush=True)
     log_path = output / f"{name}.log"
