@@ -107,6 +107,22 @@ def with_tail(student: torch.Tensor, teacher: torch.Tensor, tail: Tail) -> tuple
     raise ConfigError(f"unknown top-K tail handling {tail!r}; choose bucket, renormalise or none")
 
 
+def on_mask(mask: torch.Tensor | None, per_token: Callable[..., torch.Tensor],
+            *tensors: torch.Tensor | None) -> torch.Tensor:
+    """`per_token(*tensors)` evaluated on the (batch, length) positions where `mask` is true only, returned as
+    (batch, length) with zeros elsewhere: positions outside the mask are never read, so padding may hold NaN,
+    Inf or any token id without reaching the loss or its gradients (docs/design.md)."""
+    if mask is None:
+        return per_token(*tensors)
+    mask = mask.bool()
+    leading = next(tensor for tensor in tensors if tensor is not None).shape[:mask.dim()]
+    if tuple(mask.shape) != tuple(leading):
+        raise BatchError(f"distillation mask has shape {tuple(mask.shape)} but the tensors it selects start with "
+                         f"{tuple(leading)}; expected (batch, length)")
+    values = per_token(*(None if tensor is None else tensor[mask] for tensor in tensors))
+    return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+
 def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token] without materialising the whole log-softmax."""
     return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
@@ -123,16 +139,26 @@ def sampled_token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 def distill_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                       support: Support = "full", alpha: float = 0.5, top_k: int = 100, tail: Tail = "bucket",
                       temperature: float = 1.0, pointwise_clip: float | None = None,
-                      divergence: Divergence | None = None, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+                      divergence: Divergence | None = None, token_ids: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token divergence (batch, length) from (batch, length, vocab) logits; the teacher is detached.
 
-    token_ids (batch, length) are the sampled tokens, needed only by the sampled_token support.
+    token_ids (batch, length) are the sampled tokens, needed only by the sampled_token support. mask
+    (batch, length), when given, restricts the computation to its positions: the result is zero elsewhere and
+    nothing outside it (NaN, Inf, any token id) reaches the values or the gradients.
     """
     check_float("student_logits", student_logits)
     check_float("teacher_logits", teacher_logits)
     if student_logits.shape != teacher_logits.shape:
         raise BatchError(f"teacher_logits has shape {tuple(teacher_logits.shape)} but student_logits has "
                          f"{tuple(student_logits.shape)}; align the teacher's response positions with the student's")
+    if mask is not None:
+        def unmasked(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+            return distill_per_token(student, teacher, support=support, alpha=alpha, top_k=top_k, tail=tail,
+                                     temperature=temperature, pointwise_clip=pointwise_clip, divergence=divergence,
+                                     token_ids=ids)
+
+        return on_mask(mask, unmasked, student_logits, teacher_logits, token_ids)
     if temperature <= 0:
         raise ConfigError(f"distillation temperature must be positive, got {temperature}")
     teacher_logits = teacher_logits.detach()
@@ -155,8 +181,8 @@ def distill_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def distill_per_token_precomputed(student_logits: torch.Tensor, support_ids: torch.Tensor,
                                   teacher_log_probs: torch.Tensor, *, support: Support = "teacher_topk",
                                   alpha: float = 0.5, tail: Tail = "bucket", temperature: float = 1.0,
-                                  pointwise_clip: float | None = None,
-                                  divergence: Divergence | None = None) -> torch.Tensor:
+                                  pointwise_clip: float | None = None, divergence: Divergence | None = None,
+                                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """`distill_per_token` when the teacher was computed earlier, in a separate forward, and arrives as tensors.
 
     support_ids / teacher_log_probs (..., K): the token ids the divergence runs over and the teacher's
@@ -164,12 +190,20 @@ def distill_per_token_precomputed(student_logits: torch.Tensor, support_ids: tor
     `distill_per_token(support="teacher_topk")` on the full teacher logits); "student_topk": the student's
     top-K taken when the teacher was computed (before the update, so the behaviour policy's top-K, which is the
     current student's on the first on-policy step); "sampled_token": K is 1 and the ids are the sampled tokens.
+    mask (batch, length), when given, restricts the computation to its positions, as in `distill_per_token`.
     """
     check_float("student_logits", student_logits)
     check_float("teacher_log_probs", teacher_log_probs)
     if support_ids.shape != teacher_log_probs.shape or support_ids.shape[:-1] != student_logits.shape[:-1]:
         raise BatchError(f"support_ids {tuple(support_ids.shape)} and teacher_log_probs "
                          f"{tuple(teacher_log_probs.shape)} must both be {tuple(student_logits.shape[:-1])} + (K,)")
+    if mask is not None:
+        def unmasked(student: torch.Tensor, ids: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+            return distill_per_token_precomputed(student, ids, teacher, support=support, alpha=alpha, tail=tail,
+                                                 temperature=temperature, pointwise_clip=pointwise_clip,
+                                                 divergence=divergence)
+
+        return on_mask(mask, unmasked, student_logits, support_ids, teacher_log_probs)
     if temperature <= 0:
         raise ConfigError(f"distillation temperature must be positive, got {temperature}")
     if temperature != 1.0:
@@ -201,32 +235,35 @@ def teacher_topk(teacher_logits: torch.Tensor, top_k: int, temperature: float = 
 
 def distill_per_token_from_hidden(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
                                   lm_head_weight: torch.Tensor, *, chunk_size: int = 1024,
-                                  **options: object) -> torch.Tensor:
+                                  mask: torch.Tensor | None = None, **options: object) -> torch.Tensor:
     """`distill_per_token` from final hidden states (batch, length, hidden), never holding all logits.
 
     Tokens are processed in chunks of `chunk_size` rows of the flattened batch; each chunk's logits are
-    recomputed in the backward pass (activation checkpointing), so peak memory is chunk_size x vocab.
+    recomputed in the backward pass (activation checkpointing), so peak memory is chunk_size x vocab. mask
+    (batch, length), when given, restricts the computation to its positions, as in `distill_per_token`.
     """
     if student_hidden.shape != teacher_hidden.shape:
         raise BatchError(f"teacher_hidden has shape {tuple(teacher_hidden.shape)} but student_hidden has "
                          f"{tuple(student_hidden.shape)}")
     token_ids = options.pop("token_ids", None)
-    batch_shape = student_hidden.shape[:-1]
-    flat_student = student_hidden.reshape(-1, student_hidden.shape[-1])
-    flat_teacher = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
-    flat_ids = None if token_ids is None else token_ids.reshape(-1)
 
     def chunk_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = teacher @ lm_head_weight.T
         return distill_per_token(student @ lm_head_weight.T, teacher_logits, token_ids=ids, **options)
 
-    pieces = []
-    for start in range(0, flat_student.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
-        ids = None if flat_ids is None else flat_ids[rows]
-        pieces.append(checkpoint(chunk_loss, flat_student[rows], flat_teacher[rows], ids, use_reentrant=False))
-    return torch.cat(pieces).reshape(batch_shape)
+    def chunked(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        flat_student, flat_teacher = student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1])
+        flat_ids = None if ids is None else ids.reshape(-1)
+        pieces = [checkpoint(chunk_loss, flat_student[start:start + chunk_size],
+                             flat_teacher[start:start + chunk_size],
+                             None if flat_ids is None else flat_ids[start:start + chunk_size], use_reentrant=False)
+                  for start in range(0, flat_student.shape[0], chunk_size)]
+        if not pieces:
+            return student.new_zeros(student.shape[:-1])
+        return torch.cat(pieces).reshape(student.shape[:-1])
+
+    return on_mask(mask, chunked, student_hidden, teacher_hidden.detach(), token_ids)
 
 
 def importance_weight(log_prob: torch.Tensor, old_log_prob: torch.Tensor, is_clip: float) -> torch.Tensor:

@@ -8,13 +8,13 @@ is on without inputs, are errors (a silently ignored channel looks like training
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from composer_core.config import ComposerConfig
 from composer_core.contracts import as_bool_mask, check_finite, check_token_batch
-from composer_core.distill import distill_per_token, importance_weight, token_log_probs
+from composer_core.distill import distill_per_token, importance_weight, on_mask, token_log_probs
 from composer_core.errors import BatchError, ConfigError
 from composer_core.objectives.aggregation import Normaliser, aggregate, masked_mean
 from composer_core.objectives.base import PolicyBatch
@@ -126,6 +126,8 @@ class ComposerLoss:
                 raise BatchError(f"advantages has {advantages.shape[0]} rows but the policy mask has {mask.shape[0]}")
             check_finite("advantages", advantages)
             advantages = advantages.unsqueeze(-1).expand(mask.shape)
+        inputs = _read_inside(inputs, mask)
+        advantages = _inside(mask, advantages)
         old = inputs.log_prob.detach() if inputs.old_log_prob is None else inputs.old_log_prob
         resolved = self.objective
         token = resolved.objective.per_token(PolicyBatch(inputs.log_prob, old, advantages, mask), resolved.params)
@@ -170,9 +172,9 @@ class ComposerLoss:
         per_token = distill_per_token(inputs.student_logits, inputs.teacher_logits, support=settings.support,
                                       alpha=settings.alpha, top_k=settings.top_k, tail=settings.tail,
                                       temperature=settings.temperature, pointwise_clip=settings.pointwise_clip,
-                                      divergence=self.divergence, token_ids=inputs.token_ids)
+                                      divergence=self.divergence, token_ids=inputs.token_ids, mask=mask)
         if settings.is_clip is not None and inputs.old_log_prob is not None:
-            weight = importance_weight(self._student_token_log_prob(inputs), inputs.old_log_prob, settings.is_clip)
+            weight = self._importance_weight(inputs, mask)
             per_token = per_token * weight
             metrics["distill/is_weight_mean"] = masked_mean(weight, mask).item()
         check_finite("distillation per-token loss", per_token, mask)
@@ -182,11 +184,18 @@ class ComposerLoss:
         metrics["distill/loss"] = value.item()
         return value, metrics
 
-    def _student_token_log_prob(self, inputs: DistillInputs) -> torch.Tensor:
+    def _importance_weight(self, inputs: DistillInputs, mask: torch.Tensor) -> torch.Tensor:
+        """The stopped IS weight on the targeted tokens, zero elsewhere (padding is never read)."""
         if inputs.token_ids is None:
             raise BatchError("the distillation IS correction (is_clip) needs token_ids to score the sampled tokens;"
                              " pass token_ids, or old_log_prob=None when fully on-policy")
-        return token_log_probs(inputs.student_logits.detach() / self.config.distill.temperature, inputs.token_ids)
+        settings = self.config.distill
+
+        def weight(logits: torch.Tensor, token_ids: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+            log_prob = token_log_probs(logits.detach() / settings.temperature, token_ids)
+            return importance_weight(log_prob, old_log_prob, settings.is_clip)
+
+        return on_mask(mask, weight, inputs.student_logits, inputs.token_ids, inputs.old_log_prob)
 
     def _empty_distill(self, inputs: DistillInputs, metrics: dict[str, float]
                        ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -212,6 +221,18 @@ class ComposerLoss:
         return value, {"preference/loss": value.item(), "preference/pairs": float(delta.numel()),
                        "preference/accuracy": (delta > 0).float().mean().item(),
                        "preference/margin": (settings.beta * delta).mean().item()}
+
+
+def _inside(mask: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor | None:
+    """`values` where `mask` is true, zero elsewhere: padding (NaN, Inf) reaches neither the loss nor a gradient."""
+    return None if values is None else torch.where(mask, values, torch.zeros((), dtype=values.dtype))
+
+
+def _read_inside(inputs: PolicyInputs, mask: torch.Tensor) -> PolicyInputs:
+    """The policy tensors with every position outside the mask zeroed (see `_inside`)."""
+    return replace(inputs, log_prob=_inside(mask, inputs.log_prob), old_log_prob=_inside(mask, inputs.old_log_prob),
+                   ref_log_prob=_inside(mask, inputs.ref_log_prob),
+                   rollout_weights=_inside(mask, inputs.rollout_weights))
 
 
 def _require_finite(channel: str, value: torch.Tensor) -> None:

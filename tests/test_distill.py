@@ -7,8 +7,10 @@ from composer_core.distill import (
     add_tail_bucket,
     distill_per_token,
     distill_per_token_from_hidden,
+    distill_per_token_precomputed,
     generalized_jsd_terms,
     importance_weight,
+    teacher_topk,
 )
 from composer_core.errors import BatchError, ConfigError
 
@@ -201,3 +203,123 @@ def test_teacher_topk_shape_mismatch_is_named() -> None:
     with pytest.raises(BatchError, match="support_ids"):
         distill_per_token_precomputed(torch.randn(1, 2, 9), torch.zeros(1, 3, 3, dtype=torch.long),
                                             torch.full((1, 3, 3), -2.0))
+
+
+# ---- padding may hold anything: values outside the distillation mask never reach the loss or its gradients ----
+
+SUPPORTS = [{"support": "full"}, {"support": "student_topk", "top_k": 3, "tail": "bucket"},
+            {"support": "student_topk", "top_k": 3, "tail": "renormalise"},
+            {"support": "student_topk", "top_k": 3, "tail": "none"}, {"support": "teacher_topk", "top_k": 3},
+            {"support": "sampled_token", "alpha": 1.0}]
+POISONS = (float("nan"), float("inf"), float("-inf"))
+
+
+def poisoned(values: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
+    """`values` with every position outside `mask` replaced by a random mix of NaN, +Inf and -Inf."""
+    choice = torch.randint(0, len(POISONS), values.shape, generator=torch.Generator().manual_seed(seed))
+    junk = torch.tensor(POISONS, dtype=values.dtype)[choice]
+    outside = ~mask.reshape(*mask.shape, *([1] * (values.dim() - mask.dim())))
+    return torch.where(outside, junk, values)
+
+
+def zeroed(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    outside = ~mask.reshape(*mask.shape, *([1] * (values.dim() - mask.dim())))
+    return torch.where(outside, torch.zeros((), dtype=values.dtype), values)
+
+
+def random_mask(seed: int, shape: tuple[int, int] = (3, 5)) -> torch.Tensor:
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5
+    mask[0, 0] = True  # at least one targeted token
+    return mask
+
+
+def loss_and_grad(compute, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    student = student.clone().requires_grad_()
+    loss = compute(student)
+    (grad,) = torch.autograd.grad(loss, student)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("options", SUPPORTS, ids=lambda options: "-".join(map(str, options.values())))
+@pytest.mark.parametrize("seed", range(4))
+def test_non_finite_logits_outside_the_mask_change_nothing(options: dict, seed: int) -> None:
+    mask = random_mask(seed)
+    student, teacher = logits(seed, (3, 5, 7)), logits(seed + 100, (3, 5, 7))
+    ids = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(seed))
+    options = {"alpha": 0.5, **options}
+
+    def total(student_logits: torch.Tensor, teacher_logits: torch.Tensor, token_ids: torch.Tensor):
+        return lambda s: distill_per_token(s if student_logits is None else student_logits, teacher_logits,
+                                           token_ids=token_ids, mask=mask, temperature=0.7, **options).sum()
+
+    clean_loss, clean_grad = loss_and_grad(total(None, zeroed(teacher, mask), zeroed(ids, mask)),
+                                           zeroed(student, mask))
+    bad_ids = torch.where(mask, ids, -12345)  # padding ids outside the vocabulary
+    dirty_loss, dirty_grad = loss_and_grad(total(None, poisoned(teacher, mask, seed + 1), bad_ids),
+                                           poisoned(student, mask, seed))
+    assert torch.isfinite(clean_loss) and torch.isfinite(dirty_grad).all()
+    torch.testing.assert_close(dirty_loss, clean_loss)
+    torch.testing.assert_close(dirty_grad, clean_grad)
+    assert dirty_grad[~mask].abs().sum() == 0 and dirty_grad[mask].abs().sum() > 0
+
+
+@pytest.mark.parametrize("options", SUPPORTS, ids=lambda options: "-".join(map(str, options.values())))
+def test_the_masked_divergence_equals_the_unmasked_one_inside_the_mask(options: dict) -> None:
+    mask = random_mask(7)
+    student, teacher = logits(1, (3, 5, 7)), logits(2, (3, 5, 7))
+    ids = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(3))
+    options = {"alpha": 0.5, **options}
+    masked = distill_per_token(student, teacher, token_ids=ids, mask=mask, **options)
+    full = distill_per_token(student, teacher, token_ids=ids, **options)
+    torch.testing.assert_close(masked[mask], full[mask])
+    assert (masked[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("support", ["teacher_topk", "student_topk", "sampled_token"])
+def test_precomputed_teacher_tensors_outside_the_mask_change_nothing(support: str) -> None:
+    mask = random_mask(5)
+    student, teacher = logits(3, (3, 5, 7)), logits(4, (3, 5, 7))
+    if support == "sampled_token":
+        ids = torch.randint(0, 7, (3, 5, 1), generator=torch.Generator().manual_seed(2))
+        values = teacher.log_softmax(-1).gather(-1, ids)
+    else:
+        ids, values = teacher_topk(teacher, 3)
+    alpha = 1.0 if support == "sampled_token" else 0.5
+
+    def compute(support_ids: torch.Tensor, teacher_values: torch.Tensor):
+        return lambda s: distill_per_token_precomputed(s, support_ids, teacher_values, support=support, alpha=alpha,
+                                                       mask=mask).sum()
+
+    clean = loss_and_grad(compute(ids, values), zeroed(student, mask))
+    dirty = loss_and_grad(compute(torch.where(mask.unsqueeze(-1), ids, -1), poisoned(values, mask, 1)),
+                          poisoned(student, mask, 2))
+    assert torch.isfinite(dirty[1]).all()
+    torch.testing.assert_close(dirty, clean)
+
+
+def test_hidden_states_outside_the_mask_change_nothing() -> None:
+    mask = random_mask(9)
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = (torch.randn(3, 5, 4, generator=generator, dtype=torch.float64) for _ in range(2))
+    head = torch.randn(7, 4, generator=generator, dtype=torch.float64)
+
+    def compute(teacher_hidden: torch.Tensor):
+        return lambda s: distill_per_token_from_hidden(s, teacher_hidden, head, chunk_size=2, mask=mask,
+                                                       support="full").sum()
+
+    clean = loss_and_grad(compute(zeroed(teacher, mask)), zeroed(student, mask))
+    dirty = loss_and_grad(compute(poisoned(teacher, mask, 1)), poisoned(student, mask, 2))
+    assert torch.isfinite(dirty[1]).all()
+    torch.testing.assert_close(dirty, clean)
+
+
+def test_non_finite_logits_inside_the_mask_are_still_refused_by_the_loss() -> None:
+    from composer_core import ComposerConfig, ComposerLoss, DistillInputs
+
+    mask = random_mask(1)
+    student = logits(0, (3, 5, 7))
+    student[0, 0, 2] = float("nan")
+    config = {"policy": {"weight": 0.0}, "distill": {"weight": 1.0, "support": "full"}}
+    loss = ComposerLoss(ComposerConfig.from_mapping(config))
+    with pytest.raises(BatchError, match=r"non-finite value .* position \(0, 0\)"):
+        loss(distill=DistillInputs(student, logits(1, (3, 5, 7)), mask))

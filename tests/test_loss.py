@@ -171,3 +171,62 @@ def test_every_builtin_objective_runs_through_the_composition() -> None:
         (grad,) = torch.autograd.grad(out.loss, tensors["log_prob"])
         assert grad[tensors["mask"]].abs().sum() > 0, name
         assert grad[~tensors["mask"]].abs().sum() == 0, name
+
+
+# ---- padding may hold anything: NaN / Inf outside a channel's mask reaches neither the loss nor a gradient ----
+
+def outside(mask: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
+    """`values` with `fill` at every position outside `mask` (broadcast over a trailing vocabulary)."""
+    where = mask.reshape(*mask.shape, *([1] * (values.dim() - mask.dim())))
+    return torch.where(where, values, torch.full((), fill, dtype=values.dtype))
+
+
+def policy_loss_and_grad(name: str, tensors: dict[str, torch.Tensor], fill: float, kl: bool
+                         ) -> tuple[float, torch.Tensor]:
+    mask = tensors["mask"]
+    log_prob = outside(mask, tensors["log_prob"].detach(), fill).requires_grad_()
+    sections = {"objective": {"name": name}, **({"kl": {"coef": 0.1}} if kl else {})}
+    inputs = PolicyInputs(log_prob, outside(mask, tensors["advantages"], fill), mask,
+                          old_log_prob=outside(mask, tensors["old_log_prob"], fill),
+                          ref_log_prob=outside(mask, tensors["old_log_prob"] - 0.1, fill) if kl else None,
+                          rollout_weights=outside(mask, torch.full_like(log_prob, 0.9).detach(), fill))
+    out = composer(policy=sections)(policy=inputs)
+    (grad,) = torch.autograd.grad(out.loss, log_prob)
+    return out.loss.item(), grad
+
+
+@pytest.mark.parametrize("kl", [False, True])
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_policy_padding_changes_nothing_for_every_objective(fill: float, kl: bool) -> None:
+    tensors = random_policy_tensors(seed=8)
+    for name in registries().objectives.names():
+        clean_loss, clean_grad = policy_loss_and_grad(name, tensors, 0.0, kl)
+        dirty_loss, dirty_grad = policy_loss_and_grad(name, tensors, fill, kl)
+        assert torch.isfinite(dirty_grad).all(), name
+        assert dirty_loss == pytest.approx(clean_loss), name
+        torch.testing.assert_close(dirty_grad, clean_grad, msg=name)
+
+
+@pytest.mark.parametrize("support", ["full", "student_topk", "teacher_topk", "sampled_token"])
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_distill_padding_changes_nothing(support: str, fill: float) -> None:
+    mask = random_policy_tensors(seed=2)["mask"]
+    mask[:, 0] = False  # a prompt-side position: never targeted
+    base = distill_inputs(mask, seed=3)
+    ids = torch.randint(0, VOCAB, mask.shape, generator=torch.Generator().manual_seed(4))
+    old = base.student_logits.detach().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) - 0.3
+    loss = composer(policy={"weight": 0.0}, distill={"weight": 1.0, "support": support, "top_k": 4,
+                                                     "alpha": 1.0 if support == "sampled_token" else 0.5})
+
+    def run(value: float) -> tuple[float, torch.Tensor]:
+        student = outside(mask, base.student_logits.detach(), value).requires_grad_()
+        out = loss(distill=DistillInputs(student, outside(mask, base.teacher_logits, value), mask,
+                                         token_ids=torch.where(mask, ids, -1 if value != 0 else 0),
+                                         old_log_prob=outside(mask, old, value)))
+        return out.loss.item(), torch.autograd.grad(out.loss, student)[0]
+
+    clean_loss, clean_grad = run(0.0)
+    dirty_loss, dirty_grad = run(fill)
+    assert torch.isfinite(dirty_grad).all()
+    assert dirty_loss == pytest.approx(clean_loss)
+    torch.testing.assert_close(dirty_grad, clean_grad)

@@ -21,10 +21,10 @@ def _train(config: ComposerConfig, **options: Any) -> dict[str, Any]:
     return run_job(config, **options)
 
 
-def _native_config(config: ComposerConfig) -> str:
+def _native_config(config: ComposerConfig, *, run_settings: bool = False) -> str:
     from composer_trl.run import native_config
 
-    return native_config(config)
+    return native_config(config, run_settings=run_settings)
 
 
 @hookimpl

@@ -17,6 +17,35 @@ LOSS_TYPE_OBJECTIVES = {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr_grpo", "d
 LOSS_TYPE_AGGREGATION = {"grpo": ("seq-mean-token-mean", "local"), "sapo": ("seq-mean-token-mean", "local"),
                          "bnpo": ("token-mean", "local"), "dr_grpo": ("seq-mean-token-sum-norm", "global"),
                          "dapo": ("token-mean", "global"), "cispo": ("token-mean", "global")}
+# the GRPOConfig settings that the composer objective and KL are derived from
+TRL_LOSS_SETTINGS = ("loss_type", "importance_sampling_level", "epsilon", "epsilon_high", "sapo_temperature_pos",
+                     "sapo_temperature_neg", "beta", "use_bias_correction_kl")
+
+
+def _epsilon_high(args: Any) -> str:
+    if args.epsilon_high is None:
+        return f"GRPOConfig.epsilon_high=None (TRL then uses epsilon={args.epsilon!r})"
+    return f"GRPOConfig.epsilon_high={args.epsilon_high!r}"
+
+
+def grpo_setting_problems(args: Any) -> list[str]:
+    """What is wrong with these GRPOConfig values for TRL's loss, in TRL's own setting names (empty: fine)."""
+    high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
+    problems = []
+    if args.epsilon < 0:
+        problems.append(f"GRPOConfig.epsilon={args.epsilon!r} must be >= 0")
+    if args.loss_type == "cispo" and args.importance_sampling_level != "sequence" and high < 1:
+        problems.append(f"{_epsilon_high(args)}: loss_type='cispo' caps the importance weight at epsilon_high, "
+                        "and ComposerGRPOTrainer needs that cap >= 1; set GRPOConfig.epsilon_high (TRL recommends 5.0 "
+                        "for cispo)")
+    elif high < 0:
+        problems.append(f"{_epsilon_high(args)} must be >= 0")
+    if args.loss_type == "sapo":
+        problems += [f"GRPOConfig.{name}={getattr(args, name)!r} must be > 0"
+                     for name in ("sapo_temperature_pos", "sapo_temperature_neg") if getattr(args, name) <= 0]
+    if args.beta < 0:
+        problems.append(f"GRPOConfig.beta={args.beta!r} must be >= 0")
+    return problems
 
 
 def objective_from_grpo(args: Any) -> dict[str, Any]:
@@ -42,10 +71,22 @@ def objective_from_grpo(args: Any) -> dict[str, Any]:
 
 
 def composer_config_from_grpo(args: Any) -> ComposerConfig:
-    """A ComposerConfig (policy channel only) equal to TRL's loss for this GRPOConfig."""
+    """A ComposerConfig (policy channel only) equal to TRL's loss for this GRPOConfig.
+
+    Every refusal names TRL's own GRPOConfig settings: the composer names they map onto would not tell a TRL
+    user what to change.
+    """
+    problems = grpo_setting_problems(args)
+    if problems:
+        raise ConfigError(f"GRPOConfig(loss_type={args.loss_type!r}) cannot be used: {'; '.join(problems)}")
     kl = {"coef": args.beta, "estimator": "k3", "importance_weighted": bool(args.use_bias_correction_kl)}
-    return ComposerConfig.from_mapping({"policy": {"objective": objective_from_grpo(args), "kl": kl}},
-                                       source="GRPOConfig")
+    objective = objective_from_grpo(args)
+    try:
+        return ComposerConfig.from_mapping({"policy": {"objective": objective, "kl": kl}}, source="GRPOConfig")
+    except ConfigError as error:
+        settings = ", ".join(f"{name}={getattr(args, name)!r}" for name in TRL_LOSS_SETTINGS)
+        raise ConfigError(f"GRPOConfig({settings}) has no valid composer equivalent (objective "
+                          f"{objective['name']!r}): {error}; change these GRPOConfig settings") from None
 
 
 def grpo_overrides(config: ComposerConfig) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from composer_core.files import atomic_output
+
 PANELS = (
     ("reward", ("reward",)),
     ("loss by channel", ("composer/policy/loss", "composer/distill/loss", "composer/preference/loss")),
@@ -28,7 +30,8 @@ def read_series(metrics: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def plot_metrics(metrics: Path, png: Path, *, before: float, after: float) -> Path:
+def plot_metrics(metrics: Path, png: Path, *, before: float, after: float | None) -> Path:
+    """Draw the run's metrics into `png`, written atomically (None `after`: not measured, the run was stopped)."""
     series = read_series(metrics)
     figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
     for axis, (title, keys) in zip(axes, PANELS, strict=True):
@@ -40,9 +43,13 @@ def plot_metrics(metrics: Path, png: Path, *, before: float, after: float) -> Pa
         axis.set_xlabel("step")
         axis.legend(fontsize=7)
     axes[0].axhline(before, linestyle=":", color="grey", label=f"eval before {before:.2f}")
-    axes[0].axhline(after, linestyle="--", color="black", label=f"eval after {after:.2f}")
+    if after is not None:
+        axes[0].axhline(after, linestyle="--", color="black", label=f"eval after {after:.2f}")
     axes[0].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(png, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_output(png, inputs=[metrics], what="metrics plot", binary=True) as stream:
+            figure.savefig(stream, dpi=100, format="png")
+    finally:
+        plt.close(figure)
     return png

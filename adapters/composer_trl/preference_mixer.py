@@ -115,6 +115,18 @@ class PreferenceMixer:
         return collate([self.pairs[i] for i in picked], self.pad_token_id,
                        tuple(self.dataset_indices[i] for i in picked), device)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the cycle stands (epoch, order, cursor, generator): a resumed run draws the pairs it would have."""
+        return {"epoch": self.epoch, "order": list(self._order), "cursor": self._cursor, "pairs": len(self.pairs),
+                "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["pairs"] != len(self.pairs):
+            raise ConfigError(f"the checkpoint's preference data set had {state['pairs']} pairs, this one has "
+                              f"{len(self.pairs)}: resume with the same data.preference_pairs file")
+        self.epoch, self._order, self._cursor = state["epoch"], list(state["order"]), state["cursor"]
+        self._generator.set_state(state["generator"])
+
     def _epoch_order(self) -> list[int]:
         if not self.shuffle:
             return list(range(len(self.pairs)))

@@ -2,7 +2,8 @@
 
 `composer-core train` calls `run_job`: it builds the task's data, maps the ComposerConfig onto TRL's
 GRPOConfig, measures the eval reward, trains with TRL's own loop (progress bar, checkpoints), writes
-metrics as JSONL and a PNG plot, and measures the eval reward again. Ctrl-C saves a usable checkpoint.
+metrics as JSONL and a PNG plot, and measures the eval reward again. SIGINT / SIGTERM save a usable
+checkpoint (composer_trl.stopping); `resume` continues a run from its last checkpoint (composer_trl.run_folder).
 """
 
 from __future__ import annotations
@@ -14,15 +15,31 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig
 
 from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
+from composer_core.files import atomic_directory, write_text_atomic
 from composer_core.replay.pairs import pairs_to_dataset, read_pairs_jsonl
 from composer_core.tasks import arithmetic
 from composer_trl.defaults import EMBEDDED_MODEL
+from composer_trl.model_folder import check_model_folder, load_model
 from composer_trl.plots import plot_metrics
+from composer_trl.run_folder import (
+    CHECKPOINTS,
+    METRICS,
+    SUMMARY,
+    checkpoint_step,
+    checkpoints,
+    is_complete,
+    prepare_output_folder,
+    refuse_previous_run,
+    resume_checkpoint,
+    run_lock,
+    trim_metrics,
+)
+from composer_trl.stopping import GracefulStop, RunInterrupted
 from composer_trl.trainer import ComposerGRPOTrainer
 
 EVAL_BATCH = 32
@@ -39,9 +56,16 @@ def grpo_settings(config: ComposerConfig, output_dir: str) -> dict[str, Any]:
             "save_strategy": "steps", "report_to": "none", "bf16": False, "use_cpu": not torch.cuda.is_available()}
 
 
-def native_config(config: ComposerConfig) -> str:
-    """What the ComposerConfig maps to in TRL: GRPOConfig arguments, and the composer sections TRL lacks."""
+# the GRPOConfig arguments the composer loss reads; the rest are run settings (printed only when asked)
+LOSS_GRPO_SETTINGS = ("beta", "temperature")
+
+
+def native_config(config: ComposerConfig, *, run_settings: bool = False) -> str:
+    """What the ComposerConfig maps to in TRL: GRPOConfig arguments, and the composer sections TRL lacks. Without
+    run_settings only the arguments the loss reads, so that pasting them leaves a job's own run unchanged."""
     settings = grpo_settings(config, config.run.output_dir)
+    if not run_settings:
+        settings = {key: settings[key] for key in LOSS_GRPO_SETTINGS}
     composer_only = {"policy": config.policy.model_dump(mode="json"),
                      "distill": config.distill.model_dump(mode="json"),
                      "preference": config.preference.model_dump(mode="json")}
@@ -77,54 +101,103 @@ def eval_reward(model: Any, tokenizer: PreTrainedTokenizerBase, problems: list[a
 
 
 class MetricsFile(TrainerCallback):
-    """Appends every log TRL emits, with its step, to a JSONL file as it happens."""
+    """Appends every log TRL emits, with its step, to a JSONL file as it happens (a resumed run appends after the
+    rows it kept)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fresh: bool) -> None:
         self.path = path
-        path.write_text("")
+        if fresh:
+            write_text_atomic(path, "", what="metrics file")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if logs:
-            with self.path.open("a") as stream:
+        if logs and state.is_world_process_zero:
+            with self.path.open("a", encoding="utf-8") as stream:
                 stream.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def load_model(config: ComposerConfig) -> tuple[Any, PreTrainedTokenizerBase]:
-    path = Path(config.model.path) if config.model.path else EMBEDDED_MODEL
-    if not path.is_dir():
-        raise ConfigError(f"model.path {path} is not a folder with a saved model (config.json, weights, tokenizer)")
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+def model_path_of(config: ComposerConfig) -> Path:
+    """The checked model folder: model.path, or the embedded model."""
+    return check_model_folder(Path(config.model.path) if config.model.path else EMBEDDED_MODEL)
 
 
-def run_job(config: ComposerConfig, *, output_dir: str | None = None) -> dict[str, Any]:
-    """Train, evaluate before and after, and write metrics.jsonl, metrics.png and summary.json."""
-    out = Path(output_dir or config.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_model(config)
+def run_job(config: ComposerConfig, *, output_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate before and after, and write metrics.jsonl, metrics.png and summary.json.
+
+    One run per output folder (a lock file); a folder holding an earlier run is refused unless `resume`, which
+    continues it from its newest complete checkpoint. SIGINT / SIGTERM save a checkpoint and mark the summary
+    interrupted (see composer_trl.stopping).
+    """
+    model_path = model_path_of(config)
+    out = prepare_output_folder(output_dir or config.run.output_dir, inputs=[model_path])
+    with GracefulStop() as stop, run_lock(out):
+        checkpoint = None
+        if resume:
+            checkpoint = resume_point(out, config)
+        else:
+            refuse_previous_run(out)
+        return train_in(out, config, model_path, checkpoint, stop)
+
+
+def resume_point(out: Path, config: ComposerConfig) -> Path:
+    """The checkpoint a resumed run continues from, with metrics.jsonl cut back to its step."""
+    checkpoint = resume_checkpoint(out)
+    step = checkpoint_step(checkpoint)
+    if step >= config.run.max_steps:
+        raise ConfigError(f"--resume: the last checkpoint {checkpoint} is at step {step} and run.max_steps is "
+                          f"{config.run.max_steps}: nothing is left to train; pass a larger --max-steps")
+    dropped = trim_metrics(out / METRICS, step)
+    print(f"resuming from {checkpoint} (step {step}); dropped {dropped} metrics rows logged after it",
+          file=sys.stderr)
+    return checkpoint
+
+
+def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Path | None,
+             stop: GracefulStop) -> dict[str, Any]:
+    """The run itself, in a locked output folder."""
+    model, tokenizer = load_model(model_path)
     eval_problems = arithmetic.make_problems(config.data.eval_size, config.run.seed, "eval")
     max_tokens = config.run.max_completion_length
     before = eval_reward(model, tokenizer, eval_problems, max_tokens)
     print(f"eval reward before training: {before:.2f} on {len(eval_problems)} held-out prompts", file=sys.stderr)
-    metrics = out / "metrics.jsonl"
+    metrics = out / METRICS
     pairs = config.data.preference_pairs
     trainer = ComposerGRPOTrainer(model=model, reward_funcs=arithmetic.reward_function(with_feedback=True),
-                                  args=GRPOConfig(**grpo_settings(config, str(out / "checkpoints"))),
+                                  args=GRPOConfig(**grpo_settings(config, str(out / CHECKPOINTS))),
                                   train_dataset=task_dataset(config, config.data.train_size, "train"),
                                   processing_class=tokenizer, composer_config=config,
                                   preference_dataset=pairs_to_dataset(read_pairs_jsonl(pairs)) if pairs else None,
-                                  callbacks=[MetricsFile(metrics)])
-    interrupted = False
+                                  callbacks=[MetricsFile(metrics, fresh=checkpoint is None), stop])
     try:
-        trainer.train()
-    except KeyboardInterrupt:
-        interrupted = True
-        print("interrupted: saving a checkpoint", file=sys.stderr)
-    final = out / ("interrupted" if interrupted else "final")
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(final)
-    after = eval_reward(trainer.model, tokenizer, eval_problems, max_tokens)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except RunInterrupted as interrupt:
+        print(f"{interrupt.signal.name} again: stopped mid-step; the model is saved as it is, the last complete "
+              "checkpoint is the one to --resume from", file=sys.stderr)
+    interrupted = stop.received is not None
+    final = save_model(trainer, tokenizer, out / ("interrupted" if interrupted else "final"))
+    after = None if interrupted else after_training_eval(trainer, tokenizer, eval_problems, max_tokens)
+    complete = [path for path in checkpoints(out) if is_complete(path)]
     summary = {"eval_reward_before": before, "eval_reward_after": after, "steps": trainer.state.global_step,
-               "interrupted": interrupted, "model": str(final), "metrics": str(metrics),
+               "max_steps": config.run.max_steps, "interrupted": stop.received is not None,
+               "signal": stop.received.name if stop.received is not None else None, "model": str(final),
+               "checkpoint": str(complete[-1]) if complete else None,
+               "resumed_from": str(checkpoint) if checkpoint else None, "metrics": str(metrics),
                "plot": str(plot_metrics(metrics, out / "metrics.png", before=before, after=after))}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2), what="run summary")
     return summary
+
+
+def after_training_eval(trainer: ComposerGRPOTrainer, tokenizer: PreTrainedTokenizerBase,
+                        problems: list[arithmetic.Problem], max_tokens: int) -> float | None:
+    """The eval reward after training; None when a signal stops it (the summary then says interrupted)."""
+    try:
+        return eval_reward(trainer.model, tokenizer, problems, max_tokens)
+    except RunInterrupted:
+        return None
+
+
+def save_model(trainer: ComposerGRPOTrainer, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
+    """The model and tokenizer for from_pretrained, swapped into `folder` only once complete."""
+    with atomic_directory(folder, what="model folder") as staging:
+        trainer.save_model(str(staging))
+        tokenizer.save_pretrained(staging)
+    return folder

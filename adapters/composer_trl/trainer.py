@@ -10,11 +10,14 @@ the loss.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOTrainer
 
 from composer_core import (
@@ -28,6 +31,7 @@ from composer_core import (
 )
 from composer_core.distill import token_log_probs
 from composer_core.errors import ConfigError
+from composer_core.files import atomic_output
 from composer_core.objectives.kl import kl_estimate
 from composer_core.selfteach import RepromptSettings, build_teacher_contexts
 from composer_trl.feedback import FeedbackRecorder
@@ -36,10 +40,19 @@ from composer_trl.preference_mixer import PreferenceMixer, preference_batch
 from composer_trl.teacher_context import TeacherBatch, tokenize_teacher_batch
 from composer_trl.teacher_weights import TeacherWeights, frozen_copy
 
+COMPOSER_STATE = "composer_state.pt"  # beside TRL's files in each checkpoint folder
 UNSUPPORTED_TRL_SETTINGS = {  # TRL features that live inside TRL's own loss, which this trainer replaces
     "top_entropy_quantile": 1.0, "off_policy_mask_threshold": None, "entropy_coef": 0.0,
     "use_adaptive_entropy": False, "delta": None,
 }
+
+
+def allow_empty_rows(config: ComposerConfig) -> ComposerConfig:
+    """The config with policy.allow_empty_rows on (TRL's mask_truncated_completions empties whole rows),
+    re-validated as a whole rather than patched past validation."""
+    data = config.model_dump(mode="json")
+    data["policy"]["allow_empty_rows"] = True
+    return ComposerConfig.from_mapping(data, source="composer_config with GRPOConfig.mask_truncated_completions")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,18 @@ class Scoring:
     completions: list[Any]
     rewards_per_func: torch.Tensor
     feedback: list[str | None]
+
+
+class ComposerCheckpoint(TrainerCallback):
+    """Writes what TRL's checkpoint lacks into it: the self-distillation teacher's weights (EMA state) and where
+    the preference pairs' cycle stands, so that `train(resume_from_checkpoint=...)` restores them too."""
+
+    def __init__(self, trainer: ComposerGRPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.trainer.save_composer_state(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 class TeacherUpdate(TrainerCallback):
@@ -82,7 +107,7 @@ class ComposerGRPOTrainer(GRPOTrainer):
         config = composer_config or composer_config_from_grpo(self.args)
         self._check_trl_settings(config)
         if self.args.mask_truncated_completions and not config.policy.allow_empty_rows:
-            config = config.model_copy(update={"policy": config.policy.model_copy(update={"allow_empty_rows": True})})
+            config = allow_empty_rows(config)
         self.composer_config = config
         self.composer_loss = ComposerLoss(config)
         self._preflight_rewards()
@@ -100,6 +125,47 @@ class ComposerGRPOTrainer(GRPOTrainer):
             self._setup_preference(preference_dataset)
         elif preference_dataset is not None:
             raise ConfigError("a preference_dataset was given but the preference channel is off (weight or beta 0)")
+        self.add_callback(ComposerCheckpoint(self))
+
+    # ---- checkpoints: TRL's own, plus the composer state it does not know about ------------------------------------
+
+    def composer_state(self) -> dict[str, Any]:
+        """The teacher's weights and the preference cycle's position (None where that part is off)."""
+        return {"teacher": self.teacher.state_dict() if self.teacher is not None else None,
+                "preference": self.preference.state_dict() if self.preference is not None else None}
+
+    def save_composer_state(self, checkpoint: Path) -> None:
+        with atomic_output(checkpoint / COMPOSER_STATE, what="composer checkpoint state", binary=True) as stream:
+            torch.save(self.composer_state(), stream)
+
+    def load_composer_state(self, checkpoint: Path) -> None:
+        """Restore the teacher and the preference cycle from a checkpoint written by this trainer."""
+        path = checkpoint / COMPOSER_STATE
+        if not path.is_file():
+            raise ConfigError(f"checkpoint {checkpoint} has no {COMPOSER_STATE} (the self-distillation teacher's "
+                              "weights and the preference pairs' position): it was not written by "
+                              "ComposerGRPOTrainer or its saving was cut short; resume from another checkpoint")
+        try:
+            state = torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+            raise ConfigError(f"cannot read {path}: {error}; resume from another checkpoint") from None
+        for part, holder in (("teacher", self.teacher), ("preference", self.preference)):
+            if (state.get(part) is None) != (holder is None):
+                raise ConfigError(f"checkpoint {checkpoint} was saved with the {part} channel "
+                                  f"{'off' if holder is not None else 'on'}; resume with the configuration it was "
+                                  "trained with")
+            if holder is not None:
+                holder.load_state_dict(state[part])
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """TRL's train; resuming also restores the composer state saved with the checkpoint."""
+        if resume_from_checkpoint:
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is None:
+                    raise ConfigError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
+            self.load_composer_state(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _preflight_rewards(self) -> None:
         """Score two dataset rows with placeholder completions before any step: a reward function that raises,

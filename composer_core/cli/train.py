@@ -4,32 +4,63 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any
 
-from composer_core.config import ComposerConfig
+from composer_core.config import DEFAULT_JOB, ComposerConfig  # DEFAULT_JOB: also what `config` shows
+from composer_core.errors import ConfigError
 from composer_core.plugins import registries
 
-# The main job's default: Composer's Dr.GRPO-like objective plus self-distillation from the task's
-# feedback and hints (full-vocabulary JSD: the embedded model's vocabulary is small).
-DEFAULT_JOB: dict[str, Any] = {
-    "policy": {"objective": {"name": "dr_grpo"}},
-    "distill": {"weight": 0.5, "support": "full", "alpha": 0.5},
-}
+
+def with_flags(config: ComposerConfig, args: argparse.Namespace) -> ComposerConfig:
+    """The config with the command-line overrides applied, validated exactly as a config file is."""
+    if args.max_steps is None:
+        return config
+    data = config.model_dump(mode="json")
+    data["run"]["max_steps"] = args.max_steps
+    return ComposerConfig.from_mapping(data, source=f"--max-steps {args.max_steps}")
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """0 for a finished run; for one stopped by a signal, 128 + its number as a shell reports it (130 Ctrl-C)."""
+    if not summary.get("interrupted"):
+        return 0
+    name = summary.get("signal")
+    return 128 + int(signal.Signals[name]) if name in signal.Signals.__members__ else 130
+
+
+def eval_line(summary: dict[str, Any]) -> str:
+    before, after = summary["eval_reward_before"], summary["eval_reward_after"]
+    if after is None:
+        return (f"eval reward: {before:.2f} -> not measured: stopped by {summary.get('signal') or 'a signal'} at step "
+                f"{summary.get('steps')}; continue with --resume")
+    return f"eval reward: {before:.2f} -> {after:.2f}"
 
 
 def train_command(args: argparse.Namespace) -> int:
     config = ComposerConfig.from_file(args.config) if args.config else ComposerConfig.from_mapping(DEFAULT_JOB)
-    if args.max_steps is not None:
-        config = config.model_copy(update={"run": config.run.model_copy(update={"max_steps": args.max_steps})})
+    config = with_flags(config, args)
     backend = registries().backends.get(args.backend)
     if args.print_backend_config:
-        print(backend.native_config(config))
+        # run settings only when asked: a backend written before the option still works without them
+        print(backend.native_config(config, run_settings=True) if args.with_run_settings
+              else backend.native_config(config))
         return 0
-    summary = backend.train(config, output_dir=args.output_dir)
+    if args.with_run_settings:
+        raise ConfigError("--with-run-settings only changes what --print-backend-config prints; add that option")
+    options: dict[str, Any] = {"output_dir": args.output_dir}
+    if args.resume:
+        options["resume"] = True
+    try:
+        summary = backend.train(config, **options)
+    except KeyboardInterrupt as interrupt:  # stopped outside the training loop, before the summary was written
+        print(f"composer-core: {interrupt or 'interrupted'} before the run could finish; nothing after its last "
+              "checkpoint was saved", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
     print(json.dumps(summary, indent=2), file=sys.stderr)
-    print(f"eval reward: {summary['eval_reward_before']:.2f} -> {summary['eval_reward_after']:.2f}")
-    return 130 if summary.get("interrupted") else 0
+    print(eval_line(summary))
+    return exit_code(summary)
 
 
 def add_train_command(commands: Any) -> None:
@@ -38,6 +69,13 @@ def add_train_command(commands: Any) -> None:
     train.add_argument("--backend", default="trl", help="where to train (see `composer-core plugins`)")
     train.add_argument("--output-dir", help="default: the config's run.output_dir")
     train.add_argument("--max-steps", type=int, help="override run.max_steps")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in the output folder from its last checkpoint (an output folder that "
+                            "holds a run is refused without it)")
     train.add_argument("--print-backend-config", action="store_true",
-                       help="print the backend's own configuration that the config maps to, and exit")
+                       help="print the backend's own configuration that the config's composer loss maps to (to paste "
+                            "into an existing job), and exit")
+    train.add_argument("--with-run-settings", action="store_true",
+                       help="with --print-backend-config: also print the config's run settings (learning rate, batch "
+                            "shape, lengths, steps, saving), which would replace the job's own")
     train.set_defaults(run=train_command)
