@@ -8,7 +8,7 @@ preference losses are checked against the plugin registries when the config is b
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +22,7 @@ from composer_core.objectives.advantages import AdvantageEstimator
 from composer_core.objectives.aggregation import AggregationMode
 from composer_core.objectives.base import Objective, ObjectiveParams
 from composer_core.objectives.kl import KLEstimator
+from composer_core.overrides import apply_overrides
 from composer_core.plugins import Registry, registries
 from composer_core.preference import PreferenceLoss
 
@@ -70,8 +71,9 @@ def describe(error: ValidationError) -> str:
     """One line per problem, `where: what`, without pydantic's URLs and type tags."""
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "value"
-        lines.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)
 
 
@@ -249,16 +251,79 @@ class PreferenceConfig(StrictModel):
         return registries().preference_losses.get(self.loss)
 
 
+class LoraConfig(StrictModel):
+    """LoRA adapters through peft: only the adapters train; the self-distillation teacher shares the base."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator (lora_alpha)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names, or every "
+                                                               "linear layer but the output head")
+
+
 class ModelConfig(StrictModel):
-    path: str | None = Field(None, description="a local model folder; None: the backend's embedded default")
+    path: str | None = Field(None, description="a saved model folder, a GGUF file (or a folder holding one), or a "
+                                               "hub model id; None: the backend's embedded default")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight")
+
+
+TargetsMode = Literal["on_policy", "off_policy"]
 
 
 class DataConfig(StrictModel):
-    task: Literal["arithmetic"] = Field("arithmetic", description="the built-in task with a verifiable reward")
-    train_size: int = Field(512, ge=1)
-    eval_size: int = Field(64, ge=1)
+    """What to train on: the built-in task, a user's data set, agent-trace targets, preference pairs.
+
+    With neither `train` nor `targets` the built-in `task` is trained (the embedded default job).
+    """
+
+    task: Literal["arithmetic"] | None = Field(None, description="the built-in task with a verifiable reward; used "
+                                                                 "when neither train nor targets is given")
+    train: str | None = Field(None, description="a JSONL/JSON/Parquet/CSV file, a saved `datasets` folder or a hub "
+                                                "data set name")
+    eval: str | None = Field(None, description="held-out prompts, same forms as train; None: no file eval")
+    train_split: str = Field("train", description="the split of a DatasetDict folder or hub data set")
+    eval_split: str = Field("test", description="the split of `eval` when it is a DatasetDict or hub data set")
+    prompt_column: str = Field("prompt", description="a string or a list of chat messages per row")
+    reward_columns: list[str] | None = Field(None, description="columns passed to the reward functions as keyword "
+                                                               "arguments; None: every column but the prompt (TRL)")
+    train_size: int = Field(512, ge=1, description="rows of the built-in task")
+    eval_size: int = Field(64, ge=1, description="held-out rows evaluated (the built-in task's, or the first of eval)")
     hints: bool = Field(True, description="give the self-distillation teacher the task's hint")
     preference_pairs: str | None = Field(None, description="JSONL of preference pairs for channel 3")
+    targets: str | None = Field(None, description="TARGETS.jsonl from `composer-core traces targets`: channel 2 "
+                                                  "on agent traces' error turns (Composer's targeted hints)")
+    targets_mode: TargetsMode = Field("on_policy", description="on_policy: the student writes its own turn and the "
+                                      "hinted model teaches it (SDPO); off_policy: distil on the trace's own message")
+
+    @model_validator(mode="after")
+    def _one_source_of_prompts(self) -> DataConfig:
+        if self.task is not None and self.train is not None:
+            raise ValueError(f"data.task={self.task!r} and data.train={self.train!r} both give the prompts: keep one")
+        return self
+
+    @property
+    def builtin_task(self) -> str | None:
+        """The built-in task this config trains: `task`, or the embedded default when nothing else is given."""
+        if self.task is not None:
+            return self.task
+        return "arithmetic" if self.train is None and self.targets is None else None
+
+
+class RewardFunctionConfig(StrictModel):
+    """A reward function: `package.module:function` or `path/to/file.py:function` (VeRL's custom_reward_function
+    habit). It is called as TRL calls reward functions (prompts, completions, the data's reward columns as keyword
+    arguments) and returns one float, or an object with `.reward` and `.feedback`, per completion."""
+
+    function: str
+    weight: float = Field(1.0, description="its weight in the summed reward")
+
+    @field_validator("function")
+    @classmethod
+    def _reference(cls, reference: str) -> str:
+        module, _, name = reference.rpartition(":")
+        if not module or not name.isidentifier():
+            raise ValueError(f"{reference!r} is not 'package.module:function' or 'path/to/file.py:function'")
+        return reference
 
 
 class RunConfig(StrictModel):
@@ -270,9 +335,18 @@ class RunConfig(StrictModel):
     prompts_per_step: int = Field(8, ge=1)
     num_generations: int = Field(4, ge=2, description="samples per prompt (the GRPO group size)")
     gradient_accumulation_steps: int = Field(1, ge=1)
+    max_prompt_length: int | None = Field(None, ge=1, description="None: the backend's default")
     max_completion_length: int = Field(16, ge=1)
     seed: int = 0
     save_steps: int = Field(20, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="evaluate on the held-out prompts every N steps")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    report_to: list[str] = Field(default_factory=list, description="the backend's own integrations: tensorboard, "
+                                                                   "wandb, trackio, ...; metrics.jsonl always")
+    trl: dict[str, Any] = Field(default_factory=dict, description="further GRPOConfig arguments for the trl backend "
+                                                                  "(those the sections above set are refused here)")
 
 
 class ComposerConfig(StrictModel):
@@ -284,20 +358,40 @@ class ComposerConfig(StrictModel):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    reward: list[RewardFunctionConfig] = Field(default_factory=list, description="reward functions; empty: the "
+                                               "built-in task's own")
     run: RunConfig = Field(default_factory=RunConfig)
 
+    @field_validator("reward", mode="before")
     @classmethod
-    def from_file(cls, path: str | Path) -> ComposerConfig:
-        """Load from a .json file (strict JSON) or any other file as YAML, strictly (composer_core.documents:
-        duplicate keys, alias bombs, binary files and FIFOs are refused); errors name the file and the field.
-        An empty file means every library default."""
-        data = load_document(path, "config file")
-        return cls.from_mapping({} if data is None else data, source=str(path))
+    def _reward_shorthand(cls, value: Any) -> Any:
+        """`reward: pkg.mod:fn` and `reward: [a:f, {function: b:g, weight: 0.5}]` as well as the full form."""
+        items = [value] if isinstance(value, str | Mapping) else value
+        return [{"function": item} if isinstance(item, str) else item for item in items] \
+            if isinstance(items, list) else value
+
+    @model_validator(mode="after")
+    def _reward_for_the_data(self) -> ComposerConfig:
+        if self.data.train is not None and not self.reward:
+            raise ValueError("data.train is set but no reward function is: add `reward: [package.module:function]` "
+                             "(or path/to/file.py:function)")
+        return self
 
     @classmethod
-    def from_mapping(cls, data: Any, source: str = "config") -> ComposerConfig:
+    def from_file(cls, path: str | Path, overrides: Sequence[str] = ()) -> ComposerConfig:
+        """Load from a .json file (strict JSON) or any other file as YAML, strictly (composer_core.documents:
+        duplicate keys, alias bombs, binary files and FIFOs are refused), with dotted `key=value` overrides;
+        errors name the file and the field. An empty file means every library default."""
+        data = load_document(path, "config file")
+        return cls.from_mapping({} if data is None else data, source=str(path), overrides=overrides)
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "config", overrides: Sequence[str] = ()) -> ComposerConfig:
+        """Validate a mapping of settings, after applying dotted `key=value` overrides (composer_core.overrides)."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source} must be a mapping of settings, got {type(data).__name__}")
+        if overrides:
+            data, source = apply_overrides(data, overrides), f"{source} with {' '.join(overrides)}"
         try:
             return cls.model_validate(dict(data))
         except ValidationError as error:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from composer_core.cli.traces import add_traces_commands
 from composer_core.cli.train import add_train_command
 from composer_core.config import DEFAULT_JOB, ComposerConfig
-from composer_core.errors import ComposerError, PluginError
+from composer_core.errors import ComposerError, ConfigError, PluginError
 from composer_core.plugins import Registries, plugin_sources, registries
 
 
@@ -57,13 +57,23 @@ def plugins_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """`config [FILE] [KEY=VALUE ...]`: the one item without `=` is the file."""
+    files = [item for item in items if "=" not in item]
+    if len(files) > 1:
+        raise ConfigError(f"config takes one file, got {files}; overrides have the form section.key=value")
+    return (files[0] if files else None), [item for item in items if "=" in item]
+
+
 def _config_to_show(args: argparse.Namespace) -> tuple[ComposerConfig, str]:
     """The config the command shows and a line saying what it is."""
-    if args.file:
-        return ComposerConfig.from_file(args.file), f"config file {args.file}"
+    file, overrides = _file_and_overrides(args.items)
+    if file:
+        return ComposerConfig.from_file(file, overrides), f"config file {file}"
     if args.library_defaults:
-        return ComposerConfig(), "the library defaults, ComposerConfig(): every composer channel off"
-    return (ComposerConfig.from_mapping(DEFAULT_JOB, source="the default train job"),
+        return ComposerConfig.from_mapping({}, overrides=overrides), ("the library defaults, ComposerConfig(): every "
+                                                                      "composer channel off")
+    return (ComposerConfig.from_mapping(DEFAULT_JOB, source="the default train job", overrides=overrides),
             "no file given: the job `composer-core train` runs without --config (the library defaults, with "
             "self-distillation off: --library-defaults)")
 
@@ -87,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(run=plugins_command)
     config = commands.add_parser("config", help="validate a ComposerConfig (YAML/JSON) and show it resolved")
-    config.add_argument("file", nargs="?", help="config file; omitted: the job `composer-core train` runs without "
-                                                "--config")
+    config.add_argument("items", nargs="*", metavar="FILE | KEY=VALUE",
+                        help="a config file (omitted: the job `composer-core train` runs without --config) and dotted "
+                             "overrides, as `train` takes them")
     config.add_argument("--library-defaults", action="store_true",
                         help="show ComposerConfig()'s defaults (composer channels off) instead of the train job")
     config.set_defaults(run=config_command)

@@ -13,13 +13,13 @@ from composer_core.errors import ConfigError
 from composer_core.plugins import registries
 
 
-def with_flags(config: ComposerConfig, args: argparse.Namespace) -> ComposerConfig:
-    """The config with the command-line overrides applied, validated exactly as a config file is."""
-    if args.max_steps is None:
-        return config
-    data = config.model_dump(mode="json")
-    data["run"]["max_steps"] = args.max_steps
-    return ComposerConfig.from_mapping(data, source=f"--max-steps {args.max_steps}")
+def job_config(args: argparse.Namespace) -> ComposerConfig:
+    """The config file (or the default job) with the command line's `key=value` overrides and --max-steps applied,
+    validated as a whole exactly as a config file is."""
+    overrides = [*args.overrides, *([f"run.max_steps={args.max_steps}"] if args.max_steps is not None else [])]
+    if args.config:
+        return ComposerConfig.from_file(args.config, overrides)
+    return ComposerConfig.from_mapping(DEFAULT_JOB, source="the default train job", overrides=overrides)
 
 
 def exit_code(summary: dict[str, Any]) -> int:
@@ -39,8 +39,7 @@ def eval_line(summary: dict[str, Any]) -> str:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    config = ComposerConfig.from_file(args.config) if args.config else ComposerConfig.from_mapping(DEFAULT_JOB)
-    config = with_flags(config, args)
+    config = job_config(args)
     backend = registries().backends.get(args.backend)
     if args.print_backend_config:
         # run settings only when asked: a backend written before the option still works without them
@@ -68,7 +67,10 @@ def add_train_command(commands: Any) -> None:
     train.add_argument("--config", help="a ComposerConfig (YAML/JSON); default: GRPO + self-distillation demo")
     train.add_argument("--backend", default="trl", help="where to train (see `composer-core plugins`)")
     train.add_argument("--output-dir", help="default: the config's run.output_dir")
-    train.add_argument("--max-steps", type=int, help="override run.max_steps")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides of the config, validated like the file (run.max_steps=10 "
+                            "data.train=rows.jsonl 'reward=[my_rewards.py:score]')")
+    train.add_argument("--max-steps", type=int, help="the same as run.max_steps=N")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in the output folder from its last checkpoint (an output folder that "
                             "holds a run is refused without it)")
