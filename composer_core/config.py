@@ -299,6 +299,17 @@ class DataConfig(StrictModel):
     def _one_source_of_prompts(self) -> DataConfig:
         if self.task is not None and self.train is not None:
             raise ValueError(f"data.task={self.task!r} and data.train={self.train!r} both give the prompts: keep one")
+        if self.builtin_task is not None and (self.eval is not None or self.prompt_column != "prompt"):
+            unused = "data.eval" if self.eval is not None else "data.prompt_column"
+            raise ValueError(f"{unused} describes a user's data set, but the prompts come from the built-in task "
+                             f"{self.builtin_task!r}: set data.train (and reward) too, or leave {unused} out")
+        return self
+
+    @model_validator(mode="after")
+    def _off_policy_targets_have_prompts(self) -> DataConfig:
+        if self.targets is not None and self.targets_mode == "off_policy" and self.train is None and self.task is None:
+            raise ValueError("data.targets_mode=off_policy adds a distillation term to RL steps, but no RL prompts "
+                             "are given: set data.train (or data.task=arithmetic), or use targets_mode=on_policy")
         return self
 
     @property
@@ -310,12 +321,15 @@ class DataConfig(StrictModel):
 
 
 class RewardFunctionConfig(StrictModel):
-    """A reward function: `package.module:function` or `path/to/file.py:function` (VeRL's custom_reward_function
-    habit). It is called as TRL calls reward functions (prompts, completions, the data's reward columns as keyword
-    arguments) and returns one float, or an object with `.reward` and `.feedback`, per completion."""
+    """A reward function: `package.module:function` (importable: installed or on PYTHONPATH) or
+    `path/to/file.py:function` (relative to the current directory, VeRL's custom_reward_function habit). It is called
+    as TRL calls reward functions (prompts, completions, the data's reward columns as keyword arguments) and returns
+    one float, or an object with `.reward` and `.feedback`, per completion (composer_core.rewards)."""
 
     function: str
     weight: float = Field(1.0, description="its weight in the summed reward")
+    name: str | None = Field(None, pattern=r"^[\w.-]+$", description="the name its metrics are logged under "
+                             "(letters, digits, _ . -); None: the function's own name")
 
     @field_validator("function")
     @classmethod
@@ -375,6 +389,22 @@ class ComposerConfig(StrictModel):
         if self.data.train is not None and not self.reward:
             raise ValueError("data.train is set but no reward function is: add `reward: [package.module:function]` "
                              "(or path/to/file.py:function)")
+        if self.run.eval_steps is not None and self.data.builtin_task is None and self.data.eval is None:
+            raise ValueError(f"run.eval_steps={self.run.eval_steps} evaluates on held-out prompts, but data.eval is "
+                             "not set: add data.eval (same forms as data.train), or remove run.eval_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _targets_train_channel_two(self) -> ComposerConfig:
+        data = self.data
+        if data.targets is None:
+            return self
+        if self.distill.weight == 0:
+            raise ValueError("data.targets trains the self-distillation channel, which is off: set distill.weight "
+                             "> 0 (0.5 in the default job)")
+        if data.train is None and data.task is None and self.reward:
+            raise ValueError("reward functions are set but data.targets alone has no rows they score (target rows "
+                             "have no verifiable reward): add data.train or data.task, or leave reward out")
         return self
 
     @classmethod

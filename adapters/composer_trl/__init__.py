@@ -14,7 +14,7 @@ PUBLIC = {
     "ComposerGRPOTrainer": "composer_trl.trainer",
     "composer_config_from_grpo": "composer_trl.grpo_mapping",
     "run_job": "composer_trl.run",
-    "native_config": "composer_trl.run",
+    "native_config": "composer_trl.trl_settings",
     "EMBEDDED_MODEL": "composer_trl.defaults",
     "TeacherWeights": "composer_trl.teacher_weights",
 }

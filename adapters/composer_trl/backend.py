@@ -22,7 +22,7 @@ def _train(config: ComposerConfig, **options: Any) -> dict[str, Any]:
 
 
 def _native_config(config: ComposerConfig, *, run_settings: bool = False) -> str:
-    from composer_trl.run import native_config
+    from composer_trl.trl_settings import native_config
 
     return native_config(config, run_settings=run_settings)
 

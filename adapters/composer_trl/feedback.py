@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,7 +49,7 @@ class FeedbackRecorder:
             rewards = []
             for index, result in enumerate(results):
                 reward = getattr(result, "reward", result)
-                if reward is not None and (not isinstance(reward, int | float) or math.isnan(reward)):
+                if reward is not None and (not isinstance(reward, numbers.Real) or math.isnan(reward)):
                     raise ConfigError(f"reward function {name!r} returned {reward!r} for completion {index}; "
                                       "rewards must be finite numbers (or None for 'not scorable')")
                 text = getattr(result, "feedback", None)

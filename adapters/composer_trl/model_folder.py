@@ -30,6 +30,9 @@ def check_model_folder(path: Path) -> Path:
     """`path` if it looks like a loadable causal-LM folder (cheap checks, no weights read)."""
     if not path.is_dir():
         raise ConfigError(f"model.path {path} is not a folder; {NEEDS}")
+    if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+        raise ConfigError(f"model.path {path} holds a LoRA adapter, not a model; give the merged model folder (a "
+                          "LoRA run writes one in final/) or the base model with model.lora set")
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.path {path} has no config.json; {NEEDS}")
     settings = load_document(path / "config.json", what="model config")
@@ -56,6 +59,8 @@ def load_model(path: Path) -> tuple[Any, PreTrainedTokenizerBase]:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except LOAD_ERRORS as error:
         raise ConfigError(f"cannot load the model in {path}: {type(error).__name__}: {error}") from None
+    if tokenizer.pad_token is None:  # batched generation pads; the end-of-text token is the usual choice
+        tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         raise ConfigError(f"the tokenizer in {path} has no chat template; the task's prompts are chat messages")
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:

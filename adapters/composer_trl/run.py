@@ -1,8 +1,9 @@
 """The main job: train a policy with the composer loss through TRL, on the embedded default or a given model.
 
-`composer-core train` calls `run_job`: it builds the task's data, maps the ComposerConfig onto TRL's
-GRPOConfig, measures the eval reward, trains with TRL's own loop (progress bar, checkpoints), writes
-metrics as JSONL and a PNG plot, and measures the eval reward again. SIGINT / SIGTERM save a usable
+`composer-core train` calls `run_job`: it builds the prompts and reward functions (the built-in task's or the
+user's: composer_trl.job_data), maps the ComposerConfig onto TRL's GRPOConfig, measures the eval reward
+(composer_trl.evaluation), trains with TRL's own loop (progress bar, checkpoints), writes metrics as JSONL and a
+PNG plot, and measures the eval reward again. SIGINT / SIGTERM save a usable
 checkpoint (composer_trl.stopping); `resume` continues a run from its last checkpoint (composer_trl.run_folder).
 """
 
@@ -13,17 +14,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig
 
 from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
 from composer_core.files import atomic_directory, write_text_atomic
+from composer_core.models import resolve_model_folder
 from composer_core.replay.pairs import pairs_to_dataset, read_pairs_jsonl
-from composer_core.tasks import arithmetic
+from composer_core.saved_config import check_resumed_config, save_run_config
+from composer_trl.console import header, quiet_loading_bars, use_compact_console
 from composer_trl.defaults import EMBEDDED_MODEL
+from composer_trl.evaluation import EvalSet, PeriodicEval, evaluate
+from composer_trl.job_data import JobData, job_data, with_reward_weights
+from composer_trl.job_targets import job_targets
+from composer_trl.lora import lora_peft_config, save_trained_model
 from composer_trl.model_folder import check_model_folder, load_model
 from composer_trl.plots import plot_metrics
 from composer_trl.run_folder import (
@@ -40,64 +45,9 @@ from composer_trl.run_folder import (
     trim_metrics,
 )
 from composer_trl.stopping import GracefulStop, RunInterrupted
+from composer_trl.targets_data import target_records
 from composer_trl.trainer import ComposerGRPOTrainer
-
-EVAL_BATCH = 32
-
-
-def grpo_settings(config: ComposerConfig, output_dir: str) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for a ComposerConfig (the loss itself is composer-core's)."""
-    run = config.run
-    return {"output_dir": output_dir, "max_steps": run.max_steps, "learning_rate": run.learning_rate,
-            "per_device_train_batch_size": run.prompts_per_step * run.num_generations,
-            "num_generations": run.num_generations, "gradient_accumulation_steps": run.gradient_accumulation_steps,
-            "max_completion_length": run.max_completion_length, "temperature": config.distill.temperature,
-            "beta": config.policy.kl.coef, "seed": run.seed, "logging_steps": 1, "save_steps": run.save_steps,
-            "save_strategy": "steps", "report_to": "none", "bf16": False, "use_cpu": not torch.cuda.is_available()}
-
-
-# the GRPOConfig arguments the composer loss reads; the rest are run settings (printed only when asked)
-LOSS_GRPO_SETTINGS = ("beta", "temperature")
-
-
-def native_config(config: ComposerConfig, *, run_settings: bool = False) -> str:
-    """What the ComposerConfig maps to in TRL: GRPOConfig arguments, and the composer sections TRL lacks. Without
-    run_settings only the arguments the loss reads, so that pasting them leaves a job's own run unchanged."""
-    settings = grpo_settings(config, config.run.output_dir)
-    if not run_settings:
-        settings = {key: settings[key] for key in LOSS_GRPO_SETTINGS}
-    composer_only = {"policy": config.policy.model_dump(mode="json"),
-                     "distill": config.distill.model_dump(mode="json"),
-                     "preference": config.preference.model_dump(mode="json")}
-    return json.dumps({"GRPOConfig": settings,
-                       "ComposerGRPOTrainer(composer_config=...)": composer_only}, indent=2)
-
-
-def task_dataset(config: ComposerConfig, size: int, split: arithmetic.Split) -> Dataset:
-    rows = [problem.row() for problem in arithmetic.make_problems(size, config.run.seed, split)]
-    if not config.data.hints:
-        rows = [{key: value for key, value in row.items() if key != "hint"} for row in rows]
-    return Dataset.from_list(rows)
-
-
-@torch.no_grad()
-def eval_reward(model: Any, tokenizer: PreTrainedTokenizerBase, problems: list[arithmetic.Problem],
-                max_new_tokens: int) -> float:
-    """Mean reward of greedy completions on held-out problems."""
-    model.eval()
-    total = 0.0
-    for start in range(0, len(problems), EVAL_BATCH):
-        batch = problems[start:start + EVAL_BATCH]
-        texts = [tokenizer.apply_chat_template(problem.messages, tokenize=False, add_generation_prompt=True)
-                 for problem in batch]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
-                            add_special_tokens=False).to(model.device)
-        generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id)
-        completions = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-        total += sum(arithmetic.score(problem, text).reward for problem, text in zip(batch, completions, strict=True))
-    model.train()
-    return total / len(problems)
+from composer_trl.trl_settings import build_grpo_config
 
 
 class MetricsFile(TrainerCallback):
@@ -116,8 +66,9 @@ class MetricsFile(TrainerCallback):
 
 
 def model_path_of(config: ComposerConfig) -> Path:
-    """The checked model folder: model.path, or the embedded model."""
-    return check_model_folder(Path(config.model.path) if config.model.path else EMBEDDED_MODEL)
+    """The checked model folder: model.path (a folder, a GGUF file's cached conversion or a hub model's snapshot:
+    composer_core.models), or the embedded model."""
+    return check_model_folder(resolve_model_folder(config.model.path) if config.model.path else EMBEDDED_MODEL)
 
 
 def run_job(config: ComposerConfig, *, output_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
@@ -128,14 +79,23 @@ def run_job(config: ComposerConfig, *, output_dir: str | None = None, resume: bo
     interrupted (see composer_trl.stopping).
     """
     model_path = model_path_of(config)
-    out = prepare_output_folder(output_dir or config.run.output_dir, inputs=[model_path])
-    with GracefulStop() as stop, run_lock(out):
+    data = job_data(config)  # a data or reward problem stops here, before the folder is made
+    if config.data.targets is not None:
+        target_records(config.data.targets)  # as does a missing, empty or wrong data.targets file
+    folder = output_dir or config.run.output_dir
+    grpo_config = build_grpo_config(config, str(Path(folder) / CHECKPOINTS))  # refused before the folder is made
+    out = prepare_output_folder(folder, inputs=[model_path])
+    with GracefulStop() as stop, run_lock(out), quiet_loading_bars():
         checkpoint = None
         if resume:
+            check_resumed_config(config, out)
             checkpoint = resume_point(out, config)
         else:
             refuse_previous_run(out)
-        return train_in(out, config, model_path, checkpoint, stop)
+        save_run_config(config, out)
+        print(header(config, model=model_path, output=out, backend="trl",
+                     start_step=checkpoint_step(checkpoint) if checkpoint else 0), file=sys.stderr)
+        return train_in(out, config, model_path, checkpoint, stop, grpo_config, data)
 
 
 def resume_point(out: Path, config: ComposerConfig) -> Path:
@@ -152,21 +112,15 @@ def resume_point(out: Path, config: ComposerConfig) -> Path:
 
 
 def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Path | None,
-             stop: GracefulStop) -> dict[str, Any]:
+             stop: GracefulStop, grpo_config: GRPOConfig, data: JobData) -> dict[str, Any]:
     """The run itself, in a locked output folder."""
     model, tokenizer = load_model(model_path)
-    eval_problems = arithmetic.make_problems(config.data.eval_size, config.run.seed, "eval")
-    max_tokens = config.run.max_completion_length
-    before = eval_reward(model, tokenizer, eval_problems, max_tokens)
-    print(f"eval reward before training: {before:.2f} on {len(eval_problems)} held-out prompts", file=sys.stderr)
+    eval_set = data.eval_set(config.run.max_completion_length)
+    before = before_training_eval(model, tokenizer, eval_set)
     metrics = out / METRICS
-    pairs = config.data.preference_pairs
-    trainer = ComposerGRPOTrainer(model=model, reward_funcs=arithmetic.reward_function(with_feedback=True),
-                                  args=GRPOConfig(**grpo_settings(config, str(out / CHECKPOINTS))),
-                                  train_dataset=task_dataset(config, config.data.train_size, "train"),
-                                  processing_class=tokenizer, composer_config=config,
-                                  preference_dataset=pairs_to_dataset(read_pairs_jsonl(pairs)) if pairs else None,
-                                  callbacks=[MetricsFile(metrics, fresh=checkpoint is None), stop])
+    trainer = build_trainer(config, grpo_config, model, tokenizer, data,
+                            callbacks=[MetricsFile(metrics, fresh=checkpoint is None), stop])
+    use_compact_console(trainer)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except RunInterrupted as interrupt:
@@ -174,23 +128,58 @@ def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Pa
               "checkpoint is the one to --resume from", file=sys.stderr)
     interrupted = stop.received is not None
     final = save_model(trainer, tokenizer, out / ("interrupted" if interrupted else "final"))
-    after = None if interrupted else after_training_eval(trainer, tokenizer, eval_problems, max_tokens)
+    after = None if interrupted or eval_set is None else after_training_eval(trainer, tokenizer, eval_set)
     complete = [path for path in checkpoints(out) if is_complete(path)]
-    summary = {"eval_reward_before": before, "eval_reward_after": after, "steps": trainer.state.global_step,
+    summary = {"eval_reward_before": before, "eval_reward_after": after,
+               "eval_prompts": len(eval_set.rows) if eval_set is not None else 0, "steps": trainer.state.global_step,
                "max_steps": config.run.max_steps, "interrupted": stop.received is not None,
                "signal": stop.received.name if stop.received is not None else None, "model": str(final),
                "checkpoint": str(complete[-1]) if complete else None,
                "resumed_from": str(checkpoint) if checkpoint else None, "metrics": str(metrics),
-               "plot": str(plot_metrics(metrics, out / "metrics.png", before=before, after=after))}
+               "plot": str(plot_metrics(metrics, out / "metrics.png", before=before, after=after,
+                                        before_step=checkpoint_step(checkpoint) if checkpoint else 0))}
+    if trainer.targets is not None:  # every target used or skipped, and what the steps trained on
+        summary["targets"] = trainer.targets.summary()
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2), what="run summary")
     return summary
 
 
+def build_trainer(config: ComposerConfig, grpo_config: GRPOConfig, model: Any, tokenizer: Any, data: JobData, *,
+                  callbacks: list[TrainerCallback], trainer_class: type[ComposerGRPOTrainer] = ComposerGRPOTrainer
+                  ) -> ComposerGRPOTrainer:
+    """The job's trainer: `composer-core train` and ComposerGRPOTrainer.from_config both build it here, so that a
+    config means the same in Python and on the command line."""
+    pairs = config.data.preference_pairs
+    targets = job_targets(config, tokenizer, model)  # data.targets: agent traces on channel 2 (job_targets)
+    train, reward_funcs, weights = (data.train, data.reward_funcs, data.reward_weights) if targets is None else \
+        targets.joined(data.train, data.reward_funcs, data.reward_weights)
+    trainer = trainer_class(model=model, reward_funcs=reward_funcs,
+                            args=with_reward_weights(grpo_config, weights), train_dataset=train,
+                            processing_class=tokenizer, composer_config=config, composer_sections_used=True,
+                            peft_config=lora_peft_config(config.model.lora, model),
+                            preference_dataset=pairs_to_dataset(read_pairs_jsonl(pairs)) if pairs else None,
+                            targets=targets, callbacks=callbacks)
+    eval_set = data.eval_set(config.run.max_completion_length)
+    if config.run.eval_steps is not None and eval_set is not None:
+        trainer.add_callback(PeriodicEval(trainer, eval_set, config.run.eval_steps))
+    return trainer
+
+
+def before_training_eval(model: Any, tokenizer: PreTrainedTokenizerBase, eval_set: EvalSet | None) -> float | None:
+    """The eval reward before training, printed; None (and said so) when there are no held-out prompts."""
+    if eval_set is None:
+        print("eval: none (data.eval is not set): no held-out reward is measured", file=sys.stderr)
+        return None
+    before = evaluate(model, tokenizer, eval_set).mean
+    print(f"eval reward before training: {before:.2f} on {len(eval_set.rows)} held-out prompts", file=sys.stderr)
+    return before
+
+
 def after_training_eval(trainer: ComposerGRPOTrainer, tokenizer: PreTrainedTokenizerBase,
-                        problems: list[arithmetic.Problem], max_tokens: int) -> float | None:
+                        eval_set: EvalSet) -> float | None:
     """The eval reward after training; None when a signal stops it (the summary then says interrupted)."""
     try:
-        return eval_reward(trainer.model, tokenizer, problems, max_tokens)
+        return evaluate(trainer.accelerator.unwrap_model(trainer.model), tokenizer, eval_set).mean
     except RunInterrupted:
         return None
 
@@ -198,6 +187,6 @@ def after_training_eval(trainer: ComposerGRPOTrainer, tokenizer: PreTrainedToken
 def save_model(trainer: ComposerGRPOTrainer, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
     """The model and tokenizer for from_pretrained, swapped into `folder` only once complete."""
     with atomic_directory(folder, what="model folder") as staging:
-        trainer.save_model(str(staging))
+        save_trained_model(trainer, staging)
         tokenizer.save_pretrained(staging)
     return folder

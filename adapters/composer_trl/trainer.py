@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainerCallback
@@ -36,9 +36,16 @@ from composer_core.objectives.kl import kl_estimate
 from composer_core.selfteach import RepromptSettings, build_teacher_contexts
 from composer_trl.feedback import FeedbackRecorder
 from composer_trl.grpo_mapping import composer_config_from_grpo, grpo_overrides, trl_normaliser
+from composer_trl.lora import student_adapter_only
 from composer_trl.preference_mixer import PreferenceMixer, preference_batch
-from composer_trl.teacher_context import TeacherBatch, tokenize_teacher_batch
+from composer_trl.prompt_length import TRUNCATED_METRIC, truncate_prompt_ids
+from composer_trl.teacher_context import TeacherBatch, pad_id, tokenize_teacher_batch
 from composer_trl.teacher_weights import TeacherWeights, frozen_copy
+from composer_trl.trainer_from_config import trainer_from_config, warn_unused_sections
+
+if TYPE_CHECKING:  # the targets modules render chat messages; the trainer only calls what it is handed
+    from composer_trl.job_targets import JobTargets
+    from composer_trl.off_policy_distill import OffPolicyTargets
 
 COMPOSER_STATE = "composer_state.pt"  # beside TRL's files in each checkpoint folder
 UNSUPPORTED_TRL_SETTINGS = {  # TRL features that live inside TRL's own loss, which this trainer replaces
@@ -96,17 +103,28 @@ class ComposerGRPOTrainer(GRPOTrainer):
     preference_dataset: preference pairs (TRL's conversational prompt/chosen/rejected columns) mixed into
     every step when the preference channel is on; the reference is TRL's reference model when beta > 0,
     the disabled adapter of a PEFT model, else a frozen copy made here.
+
+    targets: agent-trace self-distillation targets (composer_trl.job_targets): on-policy, their rows in
+    train_dataset (JobTargets.joined) are generated on and distilled, outside the policy channel; off-policy, a
+    batch of them is distilled teacher-forced every step.
     """
 
     def __init__(self, model: Any, reward_funcs: Any = None, args: Any = None, *positional: Any,
                  composer_config: ComposerConfig | None = None, preference_dataset: Any = None,
-                 **kwargs: Any) -> None:
+                 targets: JobTargets | None = None, composer_sections_used: bool = False, **kwargs: Any) -> None:
+        if composer_config is not None and not composer_sections_used:  # from_config uses them: no warning
+            warn_unused_sections(composer_config)
         self.feedback = FeedbackRecorder()
+        self.targets = targets
+        self.target_rows = targets.on_policy if targets is not None else None
+        if self.target_rows is not None:
+            reward_funcs = self.target_rows.wrap_rewards(reward_funcs)
         super().__init__(model, self.feedback.wrap(reward_funcs), args, *positional, **kwargs)
         self.explicit_config = composer_config is not None
         config = composer_config or composer_config_from_grpo(self.args)
         self._check_trl_settings(config)
-        if self.args.mask_truncated_completions and not config.policy.allow_empty_rows:
+        empty_rows = self.args.mask_truncated_completions or self.target_rows is not None  # target rows: empty
+        if empty_rows and not config.policy.allow_empty_rows:
             config = allow_empty_rows(config)
         self.composer_config = config
         self.composer_loss = ComposerLoss(config)
@@ -115,23 +133,40 @@ class ComposerGRPOTrainer(GRPOTrainer):
         self.teacher: TeacherWeights | None = None
         self.preference: PreferenceMixer | None = None
         self.preference_reference: Any = None
+        self.off_policy_targets: OffPolicyTargets | None = None
+        if targets is not None and not self.composer_loss.enabled["distill"]:
+            raise ConfigError("targets train the self-distillation channel, which is off: set distill.weight > 0")
+        if self.target_rows is not None:
+            self.target_rows.check_dataset(self.train_dataset)
         if self.composer_loss.enabled["distill"]:
             self.reprompt = RepromptSettings(**config.distill.context)
             student = self.accelerator.unwrap_model(self.model)
             self.teacher = TeacherWeights.from_config(config.distill.teacher, student, config.distill.teacher_rate,
                                                       reference=self.ref_model)
             self.add_callback(TeacherUpdate(self))
+            if targets is not None:
+                self.off_policy_targets = targets.off_policy(
+                    batch_size=max(self.args.per_device_train_batch_size // self.num_generations, 1),
+                    pad=pad_id(self.processing_class), seed=self.args.seed)
         if self.composer_loss.enabled["preference"]:
             self._setup_preference(preference_dataset)
         elif preference_dataset is not None:
             raise ConfigError("a preference_dataset was given but the preference channel is off (weight or beta 0)")
         self.add_callback(ComposerCheckpoint(self))
 
+    @classmethod
+    def from_config(cls, config: ComposerConfig, model: Any = None, tokenizer: Any = None,
+                    **grpo_overrides: Any) -> ComposerGRPOTrainer:
+        """The trainer `composer-core train` builds for `config`: model (model.path or the embedded one, unless
+        `model` is given), data, reward functions and GRPOConfig (`grpo_overrides` replace its arguments)."""
+        return trainer_from_config(cls, config, model, tokenizer, **grpo_overrides)
+
     # ---- checkpoints: TRL's own, plus the composer state it does not know about ------------------------------------
 
     def composer_state(self) -> dict[str, Any]:
         """The teacher's weights and the preference cycle's position (None where that part is off)."""
         return {"teacher": self.teacher.state_dict() if self.teacher is not None else None,
+                "targets": self.off_policy_targets.state_dict() if self.off_policy_targets is not None else None,
                 "preference": self.preference.state_dict() if self.preference is not None else None}
 
     def save_composer_state(self, checkpoint: Path) -> None:
@@ -149,13 +184,19 @@ class ComposerGRPOTrainer(GRPOTrainer):
             state = torch.load(path, weights_only=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise ConfigError(f"cannot read {path}: {error}; resume from another checkpoint") from None
-        for part, holder in (("teacher", self.teacher), ("preference", self.preference)):
+        for part, holder in (("teacher", self.teacher), ("preference", self.preference),
+                             ("targets", self.off_policy_targets)):
             if (state.get(part) is None) != (holder is None):
                 raise ConfigError(f"checkpoint {checkpoint} was saved with the {part} channel "
                                   f"{'off' if holder is not None else 'on'}; resume with the configuration it was "
                                   "trained with")
             if holder is not None:
                 holder.load_state_dict(state[part])
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+        """TRL's save; a LoRA checkpoint holds the student adapter only (see composer_trl.lora)."""
+        with student_adapter_only(self.accelerator.unwrap_model(self.model)):
+            super()._save(output_dir, state_dict)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """TRL's train; resuming also restores the composer state saved with the checkpoint."""
@@ -215,6 +256,19 @@ class ComposerGRPOTrainer(GRPOTrainer):
                                   f"{wanted!r}; set it in GRPOConfig (see `composer-core train "
                                   "--print-backend-config`)")
 
+    def _tokenize_prompts(self, prompts: list[Any]) -> Any:
+        """TRL's prompt tokens, cut to run.max_prompt_length when it is set (composer_trl.prompt_length)."""
+        tokenize = super()._tokenize_prompts
+        if self.target_rows is not None:  # target rows: their rendered student contexts (composer_trl.target_rows)
+            prompt_ids, images, multimodal_fields = self.target_rows.tokenize_prompts(prompts, tokenize)
+        else:
+            prompt_ids, images, multimodal_fields = tokenize(prompts)
+        limit = self.composer_config.run.max_prompt_length
+        if limit is not None:
+            prompt_ids, fraction = truncate_prompt_ids(prompt_ids, limit, multimodal_fields)
+            self._metrics["train" if self.model.training else "eval"][TRUNCATED_METRIC].append(fraction)
+        return prompt_ids, images, multimodal_fields
+
     # ---- scoring: keep what the teacher contexts and the composer advantages need --------------------------------
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
@@ -224,9 +278,13 @@ class ComposerGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        if self.target_rows is not None:
+            self.target_rows.begin_batch(inputs)
         output = super()._generate_and_score_completions(inputs)
         if self.explicit_config:
             output["advantages"] = self._composer_advantages(output)
+        if self.target_rows is not None:
+            output.update(self._without_target_rows(output))
         if self.teacher is not None:
             output.update(self._teacher_rows(output))
         return output
@@ -256,6 +314,8 @@ class ComposerGRPOTrainer(GRPOTrainer):
         groups = [index // self.num_generations for index in range(len(completions))]
         hints = [row.get("hint") for row in scoring.inputs]
         rewards = self._local(self._all_rewards()).tolist()
+        if "target_rows" in output:  # agent-trace target rows bring their own teacher context (target_rows)
+            return self._teacher_rows_with_targets(output, completions, groups, rewards, hints)
         contexts = build_teacher_contexts(scoring.prompts, completions, groups, rewards, scoring.feedback, hints,
                                           self.reprompt)
         mode = "train" if self.model.training else "eval"
@@ -266,6 +326,45 @@ class ComposerGRPOTrainer(GRPOTrainer):
                                        self.chat_template_kwargs)
         return {"teacher_input_ids": batch.input_ids, "teacher_attention_mask": batch.attention_mask,
                 "sd_mask": batch.sd_mask * self._loss_mask(output)}
+
+    def _teacher_rows_with_targets(self, output: dict[str, Any], completions: list[str], groups: list[int],
+                                   rewards: list[float], hints: list[Any]) -> dict[str, torch.Tensor]:
+        """Teacher rows of a batch holding target rows: the RL rows' contexts built from their own rows only (the
+        context metrics count those), the target rows' hinted contexts from the targets file."""
+        assert self.scoring is not None and self.target_rows is not None
+        scoring, rows = self.scoring, output["target_rows"]
+        kept = [index for index, target in enumerate(rows.tolist()) if not target]
+
+        def pick(values: list[Any]) -> list[Any]:
+            return [values[index] for index in kept]
+
+        contexts = build_teacher_contexts(pick(scoring.prompts), pick(completions), pick(groups), pick(rewards),
+                                          pick(scoring.feedback), pick(hints), self.reprompt)
+        by_row: list[Any] = [None] * len(completions)
+        for index, context in zip(kept, contexts.contexts, strict=True):
+            by_row[index] = context
+        batch = self.target_rows.teacher_batch(self.processing_class, scoring.prompts, by_row,
+                                               output["completion_ids"], output["completion_mask"], self.reprompt,
+                                               self.chat_template_kwargs)
+        sd_mask = batch.sd_mask * self._loss_mask(output)
+        mode = "train" if self.model.training else "eval"
+        metrics = {**contexts.counts.metrics(prefix="composer/teacher/"),
+                   **self.target_rows.count(rows, self._loss_mask(output), sd_mask)}
+        for name, value in metrics.items():
+            self._metrics[mode][name].append(value)
+        return {"teacher_input_ids": batch.input_ids, "teacher_attention_mask": batch.attention_mask,
+                "sd_mask": sd_mask}
+
+    def _without_target_rows(self, output: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Target rows have no verifiable reward: their advantage is zero, and the policy channel's token count
+        leaves them out (its mask does too: `_policy_mask`)."""
+        assert self.target_rows is not None
+        advantages = output["advantages"]
+        rows = self.target_rows.row_mask(advantages.device)
+        policy_tokens = self._loss_mask(output) * (~rows).unsqueeze(1)
+        return {"target_rows": rows,
+                "advantages": torch.where(rows.view(-1, *(1,) * (advantages.dim() - 1)), 0.0, advantages),
+                "num_items_in_batch": self.accelerator.gather(policy_tokens.sum()).sum()}
 
     def _composer_advantages(self, output: dict[str, Any]) -> torch.Tensor:
         """Advantages from the composer estimator over the rewards of every process (groups are consecutive
@@ -307,11 +406,18 @@ class ComposerGRPOTrainer(GRPOTrainer):
         mask = inputs["completion_mask"]
         return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
 
+    def _policy_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The policy channel's mask: the loss mask without the agent-trace target rows."""
+        mask = self._loss_mask(inputs)
+        return mask * (~inputs["target_rows"]).unsqueeze(1) if "target_rows" in inputs else mask
+
     def _normaliser(self, inputs: dict[str, Any]) -> Normaliser:
         training = self.model.training
+        rows = inputs["completion_ids"].size(0)
         return trl_normaliser(num_items_in_batch=inputs["num_items_in_batch"],
                               num_processes=self.accelerator.num_processes,
-                              local_sequences=inputs["completion_ids"].size(0),
+                              local_sequences=rows - int(inputs["target_rows"].sum()) if "target_rows" in inputs
+                              else rows,
                               accumulation_steps=self.current_gradient_accumulation_steps if training else 1,
                               steps_per_generation=self.args.steps_per_generation,
                               max_completion_length=self.max_completion_length, training=training)
@@ -349,7 +455,7 @@ class ComposerGRPOTrainer(GRPOTrainer):
             log_probs = self._completion_log_probs(model, inputs)
         policy = None
         if self.composer_loss.enabled["policy"]:
-            policy = PolicyInputs(log_probs, inputs["advantages"], self._loss_mask(inputs),
+            policy = PolicyInputs(log_probs, inputs["advantages"], self._policy_mask(inputs),
                                   old_log_prob=inputs.get("old_per_token_logps"),
                                   ref_log_prob=inputs.get("ref_per_token_logps"),
                                   rollout_weights=inputs.get("importance_sampling_ratio"))
@@ -359,4 +465,12 @@ class ComposerGRPOTrainer(GRPOTrainer):
                                     normaliser=self._normaliser(inputs), distill_normaliser=Normaliser(scale=scale))
         for name, value in output.metrics.items():
             self._metrics[mode][f"composer/{name}"].append(value)
-        return output.loss
+        if self.off_policy_targets is None or not self.model.training:
+            return output.loss
+        assert self.teacher is not None
+        term, metrics = self.off_policy_targets.term(self.composer_loss, model, self.teacher,
+                                                     self.accelerator.unwrap_model(model), scale,
+                                                     self.accelerator.device)
+        for name, value in metrics.items():
+            self._metrics[mode][name].append(value)
+        return output.loss + term

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from composer_core.cli.model import add_model_commands
 from composer_core.cli.traces import add_traces_commands
 from composer_core.cli.train import add_train_command
 from composer_core.config import DEFAULT_JOB, ComposerConfig
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--library-defaults", action="store_true",
                         help="show ComposerConfig()'s defaults (composer channels off) instead of the train job")
     config.set_defaults(run=config_command)
+    add_model_commands(commands)
     add_traces_commands(commands)
     add_train_command(commands)
     return parser

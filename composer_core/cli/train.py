@@ -32,6 +32,8 @@ def exit_code(summary: dict[str, Any]) -> int:
 
 def eval_line(summary: dict[str, Any]) -> str:
     before, after = summary["eval_reward_before"], summary["eval_reward_after"]
+    if before is None:
+        return "eval reward: not measured: data.eval is not set (no held-out prompts)"
     if after is None:
         return (f"eval reward: {before:.2f} -> not measured: stopped by {summary.get('signal') or 'a signal'} at step "
                 f"{summary.get('steps')}; continue with --resume")
@@ -79,5 +81,6 @@ def add_train_command(commands: Any) -> None:
                             "into an existing job), and exit")
     train.add_argument("--with-run-settings", action="store_true",
                        help="with --print-backend-config: also print the config's run settings (learning rate, batch "
-                            "shape, lengths, steps, saving), which would replace the job's own")
+                            "shape, lengths, steps, saving, precision, logging, and run.trl on TRL), which would "
+                            "replace the job's own")
     train.set_defaults(run=train_command)
