@@ -216,7 +216,7 @@ def test_a_batch_crossing_an_epoch_boundary_is_full(dataset: Dataset,
                                                      tiny_tokenizer: PreTrainedTokenizerBase) -> None:
     mixer = PreferenceMixer(dataset, tiny_tokenizer, batch_size=3, seed=0)
     stream = index_stream(mixer, 4)
-    assert mixer.epoch == 2
+    assert mixer.cycle.epoch == 2
     assert [sorted(stream[start:start + 4]) for start in (0, 4, 8)] == [[0, 1, 2, 3]] * 3
     assert mixer.next_batch(device="cpu").input_ids.shape[0] == 6
 

@@ -17,9 +17,9 @@ import torch
 
 from composer_core import ComposerLoss, DistillInputs, Normaliser
 from composer_core.errors import ConfigError
-from composer_trl.target_rows import left_padded_teacher_batch
+from composer_trl.cycle import SeededCycle
 from composer_trl.targets_data import TargetsReport, TokenizedTarget
-from composer_trl.teacher_context import TeacherBatch
+from composer_trl.teacher_context import TeacherBatch, left_padded_teacher_batch
 from composer_trl.teacher_weights import TeacherWeights
 
 METRIC_PREFIX = "composer/targets/off_policy/"
@@ -63,23 +63,11 @@ class OffPolicyTargets:
         self.report = report
         self.batch_size = batch_size
         self.pad = pad
-        self.epoch = 0
-        self._generator = torch.Generator().manual_seed(seed)
-        self._order = torch.randperm(len(targets), generator=self._generator).tolist()
-        self._cursor = 0
+        self.cycle = SeededCycle(len(targets), seed=seed)
 
     def next_batch(self, device: torch.device | str | None = None) -> OffPolicyBatch:
-        """The next `batch_size` targets of the cycle (a batch crossing an epoch takes the rest from the next)."""
-        picked: list[int] = []
-        while len(picked) < self.batch_size:
-            if self._cursor == len(self._order):
-                self.epoch += 1
-                self._order = torch.randperm(len(self.targets), generator=self._generator).tolist()
-                self._cursor = 0
-            take = min(self.batch_size - len(picked), len(self._order) - self._cursor)
-            picked.extend(self._order[self._cursor:self._cursor + take])
-            self._cursor += take
-        return collate_targets([self.targets[index] for index in picked], self.pad, device)
+        """The next `batch_size` targets of the cycle."""
+        return collate_targets([self.targets[index] for index in self.cycle.take(self.batch_size)], self.pad, device)
 
     def term(self, loss: ComposerLoss, model: Any, teacher: TeacherWeights, student_model: Any, scale: float,
              device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
@@ -99,12 +87,7 @@ class OffPolicyTargets:
 
     def state_dict(self) -> dict[str, Any]:
         """Where the cycle stands: a resumed run draws the targets it would have."""
-        return {"epoch": self.epoch, "order": list(self._order), "cursor": self._cursor, "targets": len(self.targets),
-                "generator": self._generator.get_state()}
+        return self.cycle.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["targets"] != len(self.targets):
-            raise ConfigError(f"the checkpoint's off-policy targets were {state['targets']}, these are "
-                              f"{len(self.targets)}: resume with the same data.targets file and limits")
-        self.epoch, self._order, self._cursor = state["epoch"], list(state["order"]), state["cursor"]
-        self._generator.set_state(state["generator"])
+        self.cycle.load_state_dict(state, "off-policy targets", "data.targets file and limits")

@@ -25,6 +25,7 @@ from trl.trainer.utils import use_adapter
 from composer_core.distill import token_log_probs
 from composer_core.errors import ComposerError, ConfigError
 from composer_core.preference import PreferenceBatch
+from composer_trl.cycle import SeededCycle
 
 COLUMNS = ("prompt", "chosen", "rejected")
 COMPLETIONS = ("chosen", "rejected")
@@ -92,45 +93,23 @@ class PreferenceMixer:
         self.pairs, self.dataset_indices = tokenize_dataset(dataset, tokenizer, max_length)
         self.batch_size = batch_size
         self.pad_token_id = int(tokenizer.pad_token_id)
-        self.shuffle = shuffle
-        self.epoch = 0
-        self._generator = torch.Generator().manual_seed(seed)
-        self._order = self._epoch_order()
-        self._cursor = 0
+        self.cycle = SeededCycle(len(self.pairs), seed=seed, shuffle=shuffle)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def next_batch(self, device: torch.device | str | None = None) -> PreferenceTokens:
         """The next `batch_size` pairs of the cycle, collated on `device`."""
-        picked: list[int] = []
-        while len(picked) < self.batch_size:
-            if self._cursor == len(self._order):
-                self.epoch += 1
-                self._order = self._epoch_order()
-                self._cursor = 0
-            take = min(self.batch_size - len(picked), len(self._order) - self._cursor)
-            picked.extend(self._order[self._cursor:self._cursor + take])
-            self._cursor += take
+        picked = self.cycle.take(self.batch_size)
         return collate([self.pairs[i] for i in picked], self.pad_token_id,
                        tuple(self.dataset_indices[i] for i in picked), device)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the cycle stands (epoch, order, cursor, generator): a resumed run draws the pairs it would have."""
-        return {"epoch": self.epoch, "order": list(self._order), "cursor": self._cursor, "pairs": len(self.pairs),
-                "generator": self._generator.get_state()}
+        """Where the cycle stands: a resumed run draws the pairs it would have."""
+        return self.cycle.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["pairs"] != len(self.pairs):
-            raise ConfigError(f"the checkpoint's preference data set had {state['pairs']} pairs, this one has "
-                              f"{len(self.pairs)}: resume with the same data.preference_pairs file")
-        self.epoch, self._order, self._cursor = state["epoch"], list(state["order"]), state["cursor"]
-        self._generator.set_state(state["generator"])
-
-    def _epoch_order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(len(self.pairs)))
-        return torch.randperm(len(self.pairs), generator=self._generator).tolist()
+        self.cycle.load_state_dict(state, "preference pairs", "data.preference_pairs file")
 
 
 def tokenize_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase,

@@ -24,7 +24,7 @@ from datasets import Dataset, Features, Value, concatenate_datasets
 from composer_core.errors import ConfigError
 from composer_core.selfteach import Message, RepromptSettings, TeacherContext, message_text, template_ids, truncate
 from composer_trl.targets_data import TargetsReport, TokenizedTarget
-from composer_trl.teacher_context import TeacherBatch, pad_id
+from composer_trl.teacher_context import TeacherBatch, left_padded_teacher_batch, pad_id
 
 TARGET_COLUMN = "sd_target"
 TRL_LOGGER = "trl.trainer.grpo_trainer"
@@ -169,18 +169,3 @@ def skip_target_rows(func: Callable[..., Sequence[Any]]) -> Callable[..., list[A
         return results
 
     return scored
-
-
-def left_padded_teacher_batch(rows: Sequence[list[int]], distilled: Sequence[bool], completion_ids: torch.Tensor,
-                              completion_mask: torch.Tensor, pad: int) -> TeacherBatch:
-    """`[left-padded teacher prompt | completion ids]` rows; the sd_mask is the completion mask on distilled rows."""
-    width = max(len(row) for row in rows)
-    device = completion_ids.device
-    prompt_ids = torch.full((len(rows), width), pad, dtype=completion_ids.dtype, device=device)
-    prompt_mask = torch.zeros((len(rows), width), dtype=completion_mask.dtype, device=device)
-    for index, row in enumerate(rows):
-        prompt_ids[index, width - len(row):] = torch.tensor(row, dtype=completion_ids.dtype, device=device)
-        prompt_mask[index, width - len(row):] = 1
-    on = torch.tensor(list(distilled), device=device).to(completion_mask.dtype).unsqueeze(1)
-    return TeacherBatch(torch.cat([prompt_ids, completion_ids], dim=1),
-                        torch.cat([prompt_mask, completion_mask], dim=1), completion_mask * on, width)

@@ -73,17 +73,20 @@ def tokenize_teacher_batch(tokenizer: Any, prompts: Sequence[Sequence[Message]],
                          "completion rows; they must match")
     rows = [truncate(template_ids(tokenizer, context.messages or prompt, chat_template_kwargs or {}), settings)
             for prompt, context in zip(prompts, contexts, strict=True)]
+    has_context = [context.messages is not None for context in contexts]
+    return left_padded_teacher_batch(rows, has_context, completion_ids, completion_mask, pad_id(tokenizer))
+
+
+def left_padded_teacher_batch(rows: Sequence[list[int]], distilled: Sequence[bool], completion_ids: torch.Tensor,
+                              completion_mask: torch.Tensor, pad: int) -> TeacherBatch:
+    """`[left-padded teacher prompt | completion ids]` rows; the sd_mask is the completion mask on distilled rows."""
     width = max(len(row) for row in rows)
     device = completion_ids.device
-    prompt_ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=completion_ids.dtype, device=device)
+    prompt_ids = torch.full((len(rows), width), pad, dtype=completion_ids.dtype, device=device)
     prompt_mask = torch.zeros((len(rows), width), dtype=completion_mask.dtype, device=device)
     for index, row in enumerate(rows):
         prompt_ids[index, width - len(row):] = torch.tensor(row, dtype=completion_ids.dtype, device=device)
         prompt_mask[index, width - len(row):] = 1
-    has_context = torch.tensor([context.messages is not None for context in contexts], device=device)
-    return TeacherBatch(
-        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
-        attention_mask=torch.cat([prompt_mask, completion_mask], dim=1),
-        sd_mask=completion_mask * has_context.to(completion_mask.dtype).unsqueeze(1),
-        prompt_length=width,
-    )
+    on = torch.tensor(list(distilled), device=device).to(completion_mask.dtype).unsqueeze(1)
+    return TeacherBatch(torch.cat([prompt_ids, completion_ids], dim=1),
+                        torch.cat([prompt_mask, completion_mask], dim=1), completion_mask * on, width)
