@@ -8,8 +8,10 @@ message, so every model agrees on it, except that each model deviates on the mes
 on others. Usage tokens come back.
 
 Fault injection, per model: POST /control {"model": m, "fail_429": n, "fail_500": n, "fail_400": n,
-"malformed": n, "retry_after": "0.2", "sleep_s": s, "sleep_n": n} makes the next n requests of m fail with
-that status (429s with that Retry-After), answer 200 without choices or usage, or sleep s seconds first.
+"malformed": n, "retry_after": "0.2", "sleep_s": s, "sleep_n": n, "trickle_n": n, "usage": {...},
+"usage_n": n} makes the next n requests of m fail with that status (429s with that Retry-After), answer 200
+without choices or usage, sleep s seconds first, send headers and then one body byte every 0.05 s without
+ever finishing (trickle), or answer with that `usage` object instead of the true one.
 GET /stats returns the counts of requests by model and status, the most requests of each model in flight at
 once, and the (model, prompt hash) of every request; POST /reset clears it all.
 """
@@ -58,6 +60,18 @@ class State:
             if faults.get("sleep_n", 0) > 0:
                 faults["sleep_n"] -= 1
                 return "sleep", faults["sleep_s"]
+            if faults.get("trickle_n", 0) > 0:
+                faults["trickle_n"] -= 1
+                return "trickle", None
+        return None
+
+    def take_usage(self, model: str) -> dict[str, Any] | None:
+        """The usage to report instead of the true one for the next answer of a model (consuming it), or None."""
+        with self.lock:
+            faults = self.faults.get(model, {})
+            if faults.get("usage_n", 0) > 0:
+                faults["usage_n"] -= 1
+                return faults["usage"]
         return None
 
 
@@ -123,6 +137,9 @@ class Handler(BaseHTTPRequestHandler):
         if fault is not None and fault[0] == "malformed":
             self.reply(200, {"id": "chatcmpl-test", "choices": []})
             return
+        if fault is not None and fault[0] == "trickle":
+            self.trickle()
+            return
         if fault is not None and fault[0] != "sleep":
             kind, retry_after = fault
             status = int(kind.removeprefix("fail_"))
@@ -134,10 +151,26 @@ class Handler(BaseHTTPRequestHandler):
         message = answer(model, messages)
         prompt_tokens = len(json.dumps(messages)) // 4
         completion_tokens = len(json.dumps(message)) // 4
+        usage = STATE.take_usage(model) or {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                            "total_tokens": prompt_tokens + completion_tokens}
         self.reply(200, {"id": "chatcmpl-test", "object": "chat.completion", "model": model,
-                         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                   "total_tokens": prompt_tokens + completion_tokens}})
+                         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage})
+
+    def trickle(self) -> None:
+        """A 200 whose body never completes: one byte every 0.05 s (at most an hour) until the client leaves."""
+        with STATE.lock:
+            STATE.by_status["200"] += 1
+        try:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(10**6))
+            self.end_headers()
+            for _ in range(72_000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+            pass
 
     def reply(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         with STATE.lock:

@@ -33,6 +33,7 @@ from composer_core.traces.formats import parse_arguments
 
 ActionKey = Callable[[str, Sequence[ToolCall]], str]
 StepKind = Literal["pairs", "unanimous", "no_consensus", "too_few_answers"]
+PROGRESS_TICK_S = 1.0  # how often the progress bar says which teacher call is waited for, and for how long
 
 
 def action_key(content: str, tool_calls: Sequence[ToolCall]) -> str:
@@ -72,11 +73,13 @@ def step_verified(trace: Trace, step: int) -> bool | None:
 
 def select_steps(trace: Trace, steps: Sequence[int] | None = None, max_steps: int | None = None) -> list[int]:
     """Indices of the assistant messages to replay: by default every one right after a user or tool message;
-    `steps` names them instead (for example self-distillation targets); `max_steps` keeps the first ones."""
+    `steps` names them instead (for example self-distillation targets); `max_steps` (>= 1) keeps the first ones."""
+    _check_count("max_steps", max_steps, least=1, optional=True)
     if steps is None:
         chosen = [index for index, message in enumerate(trace.messages) if index > 0 and message.role == "assistant"
                   and trace.messages[index - 1].role in ("user", "tool")]
     else:
+        _check_step_numbers(steps, f"trace {trace.trace_id!r}: steps")
         chosen = sorted(set(steps))
         bad = [index for index in chosen if not 0 < index < len(trace.messages)
                or trace.messages[index].role != "assistant"]
@@ -99,6 +102,18 @@ class ReplayOptions:
     action_key: ActionKey = action_key
     verify: Callable[[Trace, int], bool | None] = step_verified
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse counts that would silently replay less than asked (a negative max_steps_per_trace drops the
+        last steps, 0 replays nothing) or never finish (no concurrent step)."""
+        _check_count("max_steps_per_trace", self.max_steps_per_trace, least=1, optional=True)
+        _check_count("min_answers", self.min_answers, least=2)
+        _check_count("max_concurrent_steps", self.max_concurrent_steps, least=1)
+        if isinstance(self.steps, Mapping):
+            for trace_id, wanted in self.steps.items():
+                _check_step_numbers(wanted, f"steps[{trace_id!r}]")
+        elif self.steps is not None:
+            _check_step_numbers(self.steps, "steps")
 
     def steps_of(self, trace: Trace) -> list[int]:
         if isinstance(self.steps, Mapping):
@@ -209,6 +224,7 @@ async def areplay_traces(traces: Iterable[Trace], teachers: Sequence[Teacher], o
     results: dict[int, StepResult] = {}
     cap: SpendCapReached | None = None
     tasks = [asyncio.ensure_future(run(order, trace, step)) for order, (trace, step) in enumerate(work)]
+    ticker = [asyncio.ensure_future(_show_waits(bar, replayer))] if bar is not None else []
     try:
         for next_done in asyncio.as_completed(tasks):
             try:
@@ -222,13 +238,13 @@ async def areplay_traces(traces: Iterable[Trace], teachers: Sequence[Teacher], o
             results[order] = result
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(pairs=report.pairs, cost=f"{report.cost_usd:.4f}", refresh=False)
+                _show_state(bar, replayer, refresh=False)
             if on_step is not None:
                 on_step(result)
     finally:
-        for task in tasks:
+        for task in tasks + ticker:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *ticker, return_exceptions=True)
         if bar is not None:
             bar.close()
         for teacher in teachers:
@@ -249,6 +265,14 @@ class _StepReplayer:
         self.options = options
         self.cache = cache
         self.report = report
+        self.asking: dict[object, tuple[str, float]] = {}  # teacher calls in flight: teacher name, start time
+
+    def longest_wait(self) -> str:
+        """The teacher call in flight the longest, how long so far, and how many are in flight ('' if none)."""
+        if not self.asking:
+            return ""
+        name, since = min(self.asking.values(), key=lambda entry: entry[1])
+        return f"{name} {time.perf_counter() - since:.0f}s ({len(self.asking)} calls in flight)"
 
     async def replay(self, trace: Trace, step: int) -> StepResult:
         prompt = [chat_message(message) for message in trace.messages[:step]]
@@ -281,6 +305,8 @@ class _StepReplayer:
                 self.report.cache_hits += 1
                 self.report.cached_cost_usd += cached.cost_usd
                 return cached
+        token = object()
+        self.asking[token] = (teacher.name, time.perf_counter())
         try:
             reply = await teacher.complete(prompt)
         except TeacherError as error:
@@ -288,6 +314,8 @@ class _StepReplayer:
             self.report.retries += error.attempts - 1
             self.report.cost_usd += error.cost_usd
             raise
+        finally:
+            del self.asking[token]
         if self.cache is not None:
             self.cache.put(key, teacher.name, reply)
         self.report.calls += 1
@@ -355,16 +383,42 @@ def _check(teachers: Sequence[Teacher], options: ReplayOptions) -> None:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"teacher names must be unique (they key votes and the cache): {duplicates} repeat")
-    if options.min_answers < 2 or len(teachers) < options.min_answers:
-        raise ConfigError(f"replay needs min_answers >= 2 and at least that many teachers; got min_answers="
-                          f"{options.min_answers} with {len(teachers)} teachers ({names})")
-    if options.max_concurrent_steps < 1:
-        raise ConfigError(f"max_concurrent_steps must be >= 1, got {options.max_concurrent_steps}")
+    if len(teachers) < options.min_answers:
+        raise ConfigError(f"replay needs at least min_answers={options.min_answers} teachers; got "
+                          f"{len(teachers)} ({names})")
+
+
+def _check_count(name: str, value: Any, *, least: int, optional: bool = False) -> None:
+    """Refuse a count that is not an integer >= `least` (None allowed when `optional`)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        allowed = " (or None for no limit)" if optional else ""
+        raise ConfigError(f"{name} must be an integer >= {least}{allowed}, got {value!r}")
+
+
+def _check_step_numbers(steps: Any, where: str) -> None:
+    """Refuse step lists that are not lists of integer message indices (a string would be read char by char)."""
+    if isinstance(steps, str | bytes) or not isinstance(steps, Sequence | set | frozenset) or \
+            not all(isinstance(step, int) and not isinstance(step, bool) for step in steps):
+        raise ConfigError(f"{where} must be a list of integer message indices, got {steps!r}")
 
 
 def _pair_id(trace_id: str, step: int, chosen: str, rejected: str) -> str:
     canonical = json.dumps([trace_id, step, chosen, rejected], ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+async def _show_waits(bar: Any, replayer: _StepReplayer) -> None:
+    """Refresh the bar every PROGRESS_TICK_S, so that a slow or hanging teacher shows while it is waited for."""
+    while True:
+        await asyncio.sleep(PROGRESS_TICK_S)
+        _show_state(bar, replayer, refresh=True)
+
+
+def _show_state(bar: Any, replayer: _StepReplayer, refresh: bool) -> None:
+    bar.set_postfix(pairs=replayer.report.pairs, cost=f"{replayer.report.cost_usd:.4f}",
+                    waiting=replayer.longest_wait() or "-", refresh=refresh)
 
 
 def _progress_bar(total: int) -> Any:
