@@ -168,3 +168,18 @@ def test_without_data_eval_nothing_is_evaluated_and_the_run_says_so(tmp_path: Pa
     assert job_data(config).eval_set(8) is None
     assert eval_line({"eval_reward_before": None, "eval_reward_after": None}) == \
         "eval reward: not measured: data.eval is not set (no held-out prompts)"
+
+
+def test_plain_string_prompts_with_self_distillation_stop_before_any_step(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    write_job(tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "train.jsonl").write_text("".join(
+        json.dumps({**row, "question": row["question"][0]["content"]}) + "\n" for row in rows))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = ComposerConfig.from_file(tmp_path / "job.json")
+    with pytest.raises(ConfigError, match=r"prompts are plain strings \(the first: 'What is 10 \+ 20\?'\).*"
+                                          r"distill.weight: 0"):
+        run_job(config, output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "metrics.jsonl").read_text()

@@ -115,11 +115,11 @@ def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Pa
              stop: GracefulStop, grpo_config: GRPOConfig, data: JobData) -> dict[str, Any]:
     """The run itself, in a locked output folder."""
     model, tokenizer = load_model(model_path)
-    eval_set = data.eval_set(config.run.max_completion_length)
-    before = before_training_eval(model, tokenizer, eval_set)
     metrics = out / METRICS
     trainer = build_trainer(config, grpo_config, model, tokenizer, data,
                             callbacks=[MetricsFile(metrics, fresh=checkpoint is None), stop])
+    eval_set = data.eval_set(config.run.max_completion_length)  # after the trainer's checks: a bad job stops first
+    before = before_training_eval(trainer.model, tokenizer, eval_set)
     use_compact_console(trainer)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -129,6 +129,7 @@ class ComposerGRPOTrainer(GRPOTrainer):
         self.composer_config = config
         self.composer_loss = ComposerLoss(config)
         self._preflight_rewards()
+        self._preflight_prompts()
         self.scoring: Scoring | None = None
         self.teacher: TeacherWeights | None = None
         self.preference: PreferenceMixer | None = None
@@ -207,6 +208,19 @@ class ComposerGRPOTrainer(GRPOTrainer):
                     raise ConfigError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
             self.load_composer_state(Path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _preflight_prompts(self) -> None:
+        """Self-distillation builds the teacher's context from chat messages: plain-string prompts stop here, before
+        any step, rather than at the first teacher pass."""
+        dataset = self.train_dataset
+        if not self.composer_loss.enabled["distill"] or dataset is None or not hasattr(dataset, "column_names"):
+            return
+        first = dataset[0].get("prompt")
+        if not isinstance(first, list):
+            raise ConfigError(f"self-distillation builds the teacher's context from chat messages, but the training "
+                              f"prompts are plain strings (the first: {str(first)[:60]!r}): give each prompt as a list "
+                              "of chat messages ([{role: user, content: ...}]), or turn self-distillation off "
+                              "(distill.weight: 0)")
 
     def _preflight_rewards(self) -> None:
         """Score two dataset rows with placeholder completions before any step: a reward function that raises,
