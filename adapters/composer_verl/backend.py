@@ -17,8 +17,9 @@ from composer_verl.overrides import render
 
 def _train(config: ComposerConfig, **options: Any) -> dict[str, Any]:
     raise ConfigError("the verl backend trains through VeRL's own launcher on a Ray GPU cluster: run "
-                      "`composer-core train --backend verl --print-backend-config` and append the printed "
-                      "overrides to `python -m verl.trainer.main_ppo ...` (docs/backends/verl.md)")
+                      "`composer-core train --backend verl --print-backend-config` (add --with-run-settings for the "
+                      "config's model, data, reward and run settings) and append the printed overrides to "
+                      "`python -m verl.trainer.main_ppo ...` (docs/backends/verl.md)")
 
 
 @hookimpl

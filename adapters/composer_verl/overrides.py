@@ -7,16 +7,16 @@ run is an error here, before a cluster is booked.
 
 from __future__ import annotations
 
-import re
 import shlex
-from typing import Any
 
 from composer_core.config import ComposerConfig, DistillConfig
 from composer_core.errors import ConfigError
 from composer_verl.actor_settings import ACTOR_CARRIED
 from composer_verl.advantages import estimator_name
+from composer_verl.hydra_text import hydra_value
 from composer_verl.policy_loss import loss_mode_name
 from composer_verl.twins import VERL_TWINS
+from composer_verl.user_run import check_honoured, user_run_notes, user_run_overrides
 
 ACTOR = "actor_rollout_ref.actor"
 # composer KL estimator -> VeRL's kl_loss_type / kl_penalty name
@@ -27,32 +27,6 @@ VERL_DISTILL_SUPPORTS = ("student_topk", "teacher_topk", "sampled_token")
 
 # Dr.GRPO's constant length is the job's own response length, never the demo's (an interpolation hydra resolves)
 LOSS_SCALE_FACTOR = f"{ACTOR}.loss_scale_factor=${{data.max_response_length}}"
-
-
-# a string hydra reads back as that string without quotes (not a number, not one of its words)
-PLAIN_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-HYDRA_WORDS = frozenset({"null", "true", "false", "inf", "nan"})
-
-
-def hydra_quoted(text: str) -> str:
-    """`text` as a hydra quoted string that reads back exactly: backslashes before a quote or the closing quote
-    are doubled, quotes and interpolations (`${`) escaped; newlines and tabs stay literal (hydra keeps them)."""
-    escaped = re.sub(r"(\\*)'", lambda match: match.group(1) * 2 + "\\'", text)
-    escaped = re.sub(r"(\\*)\$\{", lambda match: match.group(1) * 2 + "\\${", escaped)
-    escaped = re.sub(r"(\\+)$", lambda match: match.group(1) * 2, escaped)
-    return f"'{escaped}'"
-
-
-def hydra_value(value: Any) -> str:
-    """A value as hydra's override grammar reads it back unchanged."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        plain = PLAIN_STRING.fullmatch(value) and value.lower() not in HYDRA_WORDS
-        return value if plain else hydra_quoted(value)
-    return str(value)
 
 
 def check_runnable(config: ComposerConfig) -> None:
@@ -121,7 +95,7 @@ def composer_group(config: ComposerConfig) -> list[str]:
 
 
 def run_overrides(config: ComposerConfig) -> list[str]:
-    """Batch shape, learning rate, length, steps and saving; the model only when the config names one."""
+    """Batch shape, learning rate, length, steps and saving, then the user's own run (composer_verl.user_run)."""
     run = config.run
     lines = [f"data.train_batch_size={run.prompts_per_step}",
              f"{ACTOR}.ppo_mini_batch_size={run.prompts_per_step}",
@@ -130,15 +104,14 @@ def run_overrides(config: ComposerConfig) -> list[str]:
              f"{ACTOR}.optim.lr={run.learning_rate}",
              f"trainer.total_training_steps={run.max_steps}",
              f"trainer.save_freq={run.save_steps}"]
-    if config.model.path:
-        lines.append(f"actor_rollout_ref.model.path={hydra_value(config.model.path)}")
-    return lines
+    return lines + user_run_overrides(config)
 
 
 def verl_overrides(config: ComposerConfig, *, run_settings: bool = False) -> list[str]:
     """The overrides in the order a user reads them: trainer, policy, composer group, and the run settings only
     when asked (pasted into an existing job, the demo's learning rate or batch size would silently replace its own)."""
     check_runnable(config)
+    check_honoured(config)
     trainer = ["trainer.use_v1=true", "trainer.v1.trainer_mode=composer"] if config.distill.weight > 0 else []
     run = run_overrides(config) if run_settings else []
     return trainer + policy_overrides(config) + composer_group(config) + run
@@ -149,10 +122,13 @@ def render(config: ComposerConfig, *, run_settings: bool = False) -> str:
     needed and continued with a backslash, then comment lines, so the whole block pastes into a shell as it is."""
     lines = [shlex.quote(line) for line in verl_overrides(config, run_settings=run_settings)]
     notes = ["# composer-core -> VeRL 0.9 hydra overrides, for the end of your verl.trainer.main_ppo command.",
-             "# data.* files, the reward function and the cluster layout stay your job's own."]
-    if not run_settings:
-        notes.append("# Only what the composer loss needs: learning rate, batch shape, lengths, steps and saving stay "
-                     "your job's own (--with-run-settings adds the config's).")
+             "# The cluster layout (GPUs, micro-batches, rollout engine) stays your job's own."]
+    if run_settings:
+        notes += user_run_notes(config)
+    else:
+        notes.append("# Only what the composer loss needs: model, data files, reward function, learning rate, batch "
+                     "shape, lengths, steps, saving and logging stay your job's own (--with-run-settings adds the "
+                     "config's).")
     params = config.policy.objective.resolve().params.model_dump()
     if "dual_clip_c" in params and params["dual_clip_c"] is None:
         notes.append("# No dual clip in this config, but VeRL always applies clip_ratio_c (default 3.0) to "
