@@ -111,6 +111,8 @@ def test_every_user_run_key_reads_back_from_verls_config(files: dict[str, Path],
     reward = composed.reward.custom_reward_function
     assert (reward.path, reward.name) == (str(files["rewards"].resolve()), "compute_score")
     assert callable(load_extern_object(reward.path, reward.name))  # as VeRL's reward loader reads it
+    assert _get(composed, "trainer.default_local_dir") == "runs/composer"
+    assert (_get(composed, "data.seed"), _get(composed, "actor_rollout_ref.actor.data_loader_seed")) == (0, 0)
 
 
 @pytest.fixture()
@@ -259,3 +261,13 @@ def test_a_printed_path_reads_back_from_hydra_exactly(text: str) -> None:
     """Paths print unquoted when hydra reads them back so; anything else in them falls back to quoting."""
     override = OverridesParser.create().parse_override(f"data.train_files={hydra_value(text)}")
     assert OmegaConf.create({"probe": override.value()}).probe == text
+
+
+def test_gradient_accumulation_is_refused_naming_verls_micro_batch_key(files: dict[str, Path], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job(files, run={"gradient_accumulation_steps": 4})), encoding="utf-8")
+    assert cli_main(["train", "--backend", "verl", "--print-backend-config", "--with-run-settings", "--config",
+                     str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "run.gradient_accumulation_steps=4" in error and "ppo_micro_batch_size_per_gpu" in error

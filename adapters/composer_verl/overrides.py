@@ -97,13 +97,20 @@ def composer_group(config: ComposerConfig) -> list[str]:
 def run_overrides(config: ComposerConfig) -> list[str]:
     """Batch shape, learning rate, length, steps and saving, then the user's own run (composer_verl.user_run)."""
     run = config.run
+    if run.gradient_accumulation_steps != 1:
+        raise ConfigError(f"run.gradient_accumulation_steps={run.gradient_accumulation_steps}: VeRL accumulates "
+                          f"over micro-batches of {ACTOR}.ppo_micro_batch_size_per_gpu samples, which depends on the "
+                          "job's GPU count; leave run.gradient_accumulation_steps at 1 and set that key in the job")
     lines = [f"data.train_batch_size={run.prompts_per_step}",
              f"{ACTOR}.ppo_mini_batch_size={run.prompts_per_step}",
              f"actor_rollout_ref.rollout.n={run.num_generations}",
              f"data.max_response_length={run.max_completion_length}",
              f"{ACTOR}.optim.lr={run.learning_rate}",
              f"trainer.total_training_steps={run.max_steps}",
-             f"trainer.save_freq={run.save_steps}"]
+             f"trainer.save_freq={run.save_steps}",
+             f"trainer.default_local_dir={hydra_value(run.output_dir)}",
+             f"data.seed={run.seed}",
+             f"{ACTOR}.data_loader_seed={run.seed}"]
     return lines + user_run_overrides(config)
 
 
