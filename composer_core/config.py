@@ -7,7 +7,6 @@ preference losses are checked against the plugin registries when the config is b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from composer_core.distill import Divergence, Support, Tail
 from composer_core.documents import load_document
 from composer_core.errors import ConfigError
+from composer_core.finite import non_finite_values
 from composer_core.objectives.advantages import AdvantageEstimator
 from composer_core.objectives.aggregation import AggregationMode
 from composer_core.objectives.base import Objective, ObjectiveParams
@@ -39,26 +39,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _non_finite_path(value: Any, where: str = "") -> str | None:
-    """The dotted path of the first non-finite float in a free-form value (dicts and lists walked), else None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where or "value"
-    if isinstance(value, Mapping):
-        children: Any = value.items()
-    else:
-        children = enumerate(value) if isinstance(value, list | tuple) else ()
-    for key, child in children:
-        found = _non_finite_path(child, f"{where}.{key}" if where else str(key))
-        if found is not None:
-            return found
-    return None
-
-
 def _finite_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Refuse a free-form settings mapping (params, context) that holds `.inf` or NaN anywhere."""
-    found = _non_finite_path(settings)
-    if found is not None:
-        raise ValueError(f"{found} is not a finite number; give a finite value")
+    found = non_finite_values(settings)
+    if found:
+        raise ValueError(f"{found[0][0]} is not a finite number; give a finite value")
     return settings
 
 

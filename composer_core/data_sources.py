@@ -113,11 +113,10 @@ def _check_prompt_type(dataset: Dataset, column: str, where: str) -> None:
 
 def _data_file(path: Path, where: str) -> Dataset:
     suffix = path.suffix.lower()
+    check_input(path, where)  # a missing or unreadable file says so before its type is judged
     if suffix not in FILE_FORMATS:
-        check_input(path, where)  # a missing or unreadable file says so first
         raise ConfigError(f"{where}: unknown file type {path.suffix!r}; give {FORMS} "
                           f"({', '.join(FILE_FORMATS)})")
-    check_input(path, where)
     if suffix in (".jsonl", ".json"):
         return _rows_dataset(_json_rows(path, where, lines=suffix == ".jsonl"), where)
     return _table_dataset(path, suffix, where)

@@ -61,7 +61,11 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_path(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths name one file: the same resolved path, or (through hard links) the same inode."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
@@ -75,15 +79,28 @@ def check_output(path: PathLike, inputs: Iterable[PathLike] = (), what: str = "o
     not a folder, or that is itself a folder.
     """
     target = Path(path)
+    _check_not_input(target, inputs, what)
+    _check_parent(target, what)
+    if target.is_dir():
+        raise ConfigError(f"cannot write {what} {target}: it is a folder; give a file path")
+    return target
+
+
+def _check_not_input(target: Path, inputs: Iterable[PathLike], what: str) -> None:
+    """Refuse a `target` that is one of `inputs` or lies inside an input folder."""
     for source in inputs:
         source = Path(source)
         resolved_target, resolved_source = target.resolve(), source.resolve()
-        if _same(target, source) or resolved_target == resolved_source:
+        if same_path(target, source):
             raise ConfigError(f"{what} {target} is also an input of this command: writing it would destroy the "
                               "input; choose another output path")
         if source.is_dir() and resolved_source in resolved_target.parents:
             raise ConfigError(f"{what} {target} lies inside the input folder {source}: a rerun would read it back "
                               "as input; write it elsewhere")
+
+
+def _check_parent(target: Path, what: str) -> None:
+    """Refuse a `target` whose folder is missing, is not a folder, or is not writable."""
     parent = target.parent
     if not parent.exists():
         blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
@@ -92,11 +109,8 @@ def check_output(path: PathLike, inputs: Iterable[PathLike] = (), what: str = "o
         raise ConfigError(f"cannot write {what} {target}: the folder {parent} does not exist; create it first")
     if not parent.is_dir():
         raise ConfigError(f"cannot write {what} {target}: {parent} is a file, not a folder")
-    if target.is_dir():
-        raise ConfigError(f"cannot write {what} {target}: it is a folder; give a file path")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"cannot write {what} {target}: the folder {parent} is not writable")
-    return target
 
 
 def _umask_mode() -> int:
@@ -141,9 +155,10 @@ def check_output_folder(path: PathLike, inputs: Iterable[PathLike] = (), what: s
     target, inputs = Path(path), tuple(inputs)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"cannot write {what} {target}: a file of that name exists")
-    check_output(target.parent / f".{target.name}.probe", inputs, what)  # parent exists and is writable
+    _check_not_input(target, inputs, what)
+    _check_parent(target, what)
     for source in inputs:
-        if _same(target, Path(source)) or Path(source).resolve().is_relative_to(target.resolve()):
+        if same_path(target, source) or Path(source).resolve().is_relative_to(target.resolve()):
             raise ConfigError(f"{what} {target} holds an input of this command; choose another output folder")
     return target
 

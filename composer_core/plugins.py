@@ -223,8 +223,8 @@ class LoadedPlugins:
 
     manager: pluggy.PluginManager
     sources: dict[str, str]
-    selectable: tuple[str, ...] = ()
-    own: tuple[str, ...] = ()
+    selectable: tuple[str, ...]
+    own: tuple[str, ...]
 
 
 def load_plugins() -> LoadedPlugins:

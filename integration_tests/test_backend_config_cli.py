@@ -27,7 +27,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from composer_core import ComposerConfig, registries  # noqa: E402
 from composer_verl.group import composer_settings  # noqa: E402
-from composer_verl.overrides import hydra_value  # noqa: E402
+from composer_verl.hydra_text import hydra_value  # noqa: E402
 
 pytestmark = pytest.mark.backend("verl")
 

@@ -183,3 +183,24 @@ def test_plain_string_prompts_with_self_distillation_stop_before_any_step(tmp_pa
                                           r"distill.weight: 0"):
         run_job(config, output_dir=str(tmp_path / "run"))
     assert not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_chat_prompts_need_a_chat_template_and_plain_prompts_do_not(tmp_path: Path) -> None:
+    model, tokenizer = load_model(EMBEDDED_MODEL)
+    tokenizer.chat_template = None
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_steps=1,
+                      max_completion_length=4, report_to="none", use_cpu=True)
+
+    def reward(completions: list[Any], **_: Any) -> list[float]:
+        return [0.0 for _ in completions]
+
+    with pytest.raises(ConfigError, match="prompts are chat messages but the tokenizer has no chat template"):
+        ComposerGRPOTrainer(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
+                            train_dataset=Dataset.from_list([{"prompt": question(1, 2)}] * 2))
+    trainer = ComposerGRPOTrainer(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
+                                  train_dataset=Dataset.from_list([{"prompt": "1 + 2 ="}] * 2))
+    trainer.train()
+    assert trainer.state.global_step == 1
+    with pytest.raises(ConfigError, match="no rows"):
+        ComposerGRPOTrainer(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
+                            train_dataset=Dataset.from_list([{"prompt": "x"}]).select([]))

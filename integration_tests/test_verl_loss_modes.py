@@ -228,6 +228,8 @@ def test_group_settings_add_what_verl_cannot_carry_and_refuse_what_it_can() -> N
     assert abs((upper_only - verl_loss).item()) > 1e-4
     with pytest.raises(ConfigError, match=r"actor_rollout_ref\.actor\.clip_ratio_high"):
         make_policy_loss_fn("cispo", {"clip_ratio_high": 5.0})(**kwargs)
+    with pytest.raises(ConfigError, match=r"composer\.policy\.objective\.params\.lower_clip"):
+        make_policy_loss_fn("cispo", {"lower_clip": "sometimes"})(**kwargs)
 
 
 def test_the_loss_mode_needs_verls_config() -> None:

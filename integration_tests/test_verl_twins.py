@@ -182,7 +182,7 @@ def test_twin_equals_verls_mode_over_verls_config_space(verl_mode: str, objectiv
     property_holds()
 
 
-# ---------------------------------------------------------------- the hold-out findings and the edges, one by one
+# ---------------------------------------------------------------- the edge cases, one by one
 
 
 def fixed_case(seed: int = 5, **settings: Any) -> Draw:

@@ -2,7 +2,7 @@
 --backend verl --print-backend-config --with-run-settings` prints reads back from VeRL's own composed config with
 the value the composer config gave, and what VeRL cannot honour is one line, exit 2, naming the key.
 
-The printed block goes through the real CLI and bash, then hydra with VeRL's ppo_trainer config (helpers of
+The printed block goes through the real CLI and bash, then hydra with VeRL's ppo_trainer config (the functions of
 test_backend_config_cli); refusals run the CLI's entry point in-process (one through a process), to stay fast.
 """
 
@@ -28,7 +28,7 @@ from verl.utils.import_utils import load_extern_object  # noqa: E402
 
 from composer_core.cli.main import main as cli_main  # noqa: E402
 from composer_core.models.gguf import CACHE_ENV, SOURCE_RECORD, cache_folder  # noqa: E402
-from composer_verl.overrides import hydra_value  # noqa: E402
+from composer_verl.hydra_text import hydra_value  # noqa: E402
 
 pytestmark = pytest.mark.backend("verl")
 
@@ -271,3 +271,14 @@ def test_gradient_accumulation_is_refused_naming_verls_micro_batch_key(files: di
                      str(path)]) == 2
     error = capsys.readouterr().err
     assert "run.gradient_accumulation_steps=4" in error and "ppo_micro_batch_size_per_gpu" in error
+
+
+def test_the_notes_on_the_built_in_task_never_contradict_a_printed_reward(files: dict[str, Path]) -> None:
+    from composer_core.config import ComposerConfig
+    from composer_verl.user_run import user_run_notes
+
+    without = " ".join(user_run_notes(ComposerConfig.from_mapping({})))
+    reward = [f"{files['rewards']}:compute_score"]
+    with_reward = " ".join(user_run_notes(ComposerConfig.from_mapping({"reward": reward})))
+    assert "data.* files and the reward stay your job's own" in without
+    assert "data.* files stay your job's own" in with_reward and "and the reward stay" not in with_reward

@@ -248,14 +248,13 @@ def test_non_finite_logits_outside_the_mask_change_nothing(options: dict, seed: 
     ids = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(seed))
     options = {"alpha": 0.5, **options}
 
-    def total(student_logits: torch.Tensor, teacher_logits: torch.Tensor, token_ids: torch.Tensor):
-        return lambda s: distill_per_token(s if student_logits is None else student_logits, teacher_logits,
-                                           token_ids=token_ids, mask=mask, temperature=0.7, **options).sum()
+    def total(teacher_logits: torch.Tensor, token_ids: torch.Tensor):
+        return lambda s: distill_per_token(s, teacher_logits, token_ids=token_ids, mask=mask, temperature=0.7,
+                                           **options).sum()
 
-    clean_loss, clean_grad = loss_and_grad(total(None, zeroed(teacher, mask), zeroed(ids, mask)),
-                                           zeroed(student, mask))
+    clean_loss, clean_grad = loss_and_grad(total(zeroed(teacher, mask), zeroed(ids, mask)), zeroed(student, mask))
     bad_ids = torch.where(mask, ids, -12345)  # padding ids outside the vocabulary
-    dirty_loss, dirty_grad = loss_and_grad(total(None, poisoned(teacher, mask, seed + 1), bad_ids),
+    dirty_loss, dirty_grad = loss_and_grad(total(poisoned(teacher, mask, seed + 1), bad_ids),
                                            poisoned(student, mask, seed))
     assert torch.isfinite(clean_loss) and torch.isfinite(dirty_grad).all()
     torch.testing.assert_close(dirty_loss, clean_loss)

@@ -120,3 +120,11 @@ def test_atomic_directory_refuses_a_folder_holding_an_input(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="holds an input"), atomic_directory(target, [target / "traces.jsonl"]):
         pass
     assert (target / "traces.jsonl").read_text() == "keep"
+
+
+def test_an_output_folder_in_a_missing_folder_is_named_as_given(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "dataset"
+    with pytest.raises(ConfigError, match=r"cannot write --dataset .*missing/dataset: the folder .* does not exist") \
+            as caught, atomic_directory(target, what="--dataset"):
+        pass
+    assert ".dataset." not in str(caught.value)

@@ -120,12 +120,15 @@ def test_weighted_rewards_sum_like_trl() -> None:
     totals = weighted_rewards([plain, objects], [2.0, 0.5], prompts=["p", "q"], completions=["a", "b"],
                               columns={"bonus": [4.0, 6.0]})
     assert totals == [2.0 * 1.0 + 0.5 * 4.0, 0.5 * 6.0]  # None is skipped (TRL's nansum)
+    assert weighted_rewards([lambda completions, **_: [True, False]], [1.0], prompts=["p", "q"],
+                            completions=["a", "b"], columns={}) == [1.0, 0.0]  # a boolean check is a 1/0 reward
 
 
 @pytest.mark.parametrize(("result", "message"), [
     ([1.0], r"'bad' returned 1 rewards for 2 completions"),
-    (["high", 1.0], r"'bad' returned 'high' for completion 0; rewards must be numbers"),
+    (["high", 1.0], r"'bad' returned 'high' for completion 0; rewards must be finite numbers"),
     ([math.nan, 1.0], r"'bad' returned nan for completion 0"),
+    ([1.0, math.inf], r"'bad' returned inf for completion 1"),
 ])
 def test_weighted_rewards_refuse_bad_results(result: list[Any], message: str) -> None:
     def bad(completions: list[str], **_: Any) -> list[Any]:

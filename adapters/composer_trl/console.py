@@ -18,12 +18,12 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.utils import logging as transformers_logging
 
 from composer_core.config import ComposerConfig
+from composer_trl.evaluation import REWARD_KEY, REWARD_STD_KEY
 
 # (log key, label, format) in the order a step line shows them; absent keys are left out
 STEP_FIELDS = (("loss", "loss", ".4g"), ("reward", "reward", ".3f"), ("composer/distill/loss", "distill", ".4g"),
                ("composer/distill/coverage", "coverage", ".2f"), ("composer/preference/loss", "dpo", ".4g"),
                ("composer/policy/kl", "kl", ".3g"), ("grad_norm", "grad", ".3g"))
-EVAL_REWARD = "eval/reward"  # the job's periodic eval (composer_trl.evaluation)
 
 
 def channels(config: ComposerConfig) -> str:
@@ -85,9 +85,9 @@ def other_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
     """A log that is not a training step (the periodic eval, the end of training): its numbers, briefly."""
     if "train_runtime" in logs:
         return f"trained to step {step} in {logs['train_runtime']:.1f} s"
-    if isinstance(logs.get(EVAL_REWARD), float | int):
-        spread = logs.get(f"{EVAL_REWARD}_std")
-        return f"step {step}/{max_steps}  eval reward {logs[EVAL_REWARD]:.3f}" + (
+    if isinstance(logs.get(REWARD_KEY), float | int):  # the job's periodic eval (composer_trl.evaluation)
+        spread = logs.get(REWARD_STD_KEY)
+        return f"step {step}/{max_steps}  eval reward {logs[REWARD_KEY]:.3f}" + (
             f" (std {spread:.3f} over prompts)" if isinstance(spread, float | int) else "")
     shown = [f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in logs.items()]
     return f"step {step}: " + "  ".join(shown)

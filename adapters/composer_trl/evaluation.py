@@ -36,9 +36,10 @@ class EvalSet:
 
 @dataclass(frozen=True)
 class EvalResult:
+    """The eval reward's mean and its spread over the eval prompts."""
+
     mean: float
     std: float
-    prompts: int
 
     def metrics(self) -> dict[str, float]:
         return {REWARD_KEY: self.mean, REWARD_STD_KEY: self.std}
@@ -56,7 +57,7 @@ def evaluate(model: Any, tokenizer: PreTrainedTokenizerBase, eval_set: EvalSet) 
             scores.extend(_score_batch(model, tokenizer, batch, eval_set))
     finally:
         model.train(training)
-    return EvalResult(statistics.fmean(scores), statistics.pstdev(scores), len(scores))
+    return EvalResult(statistics.fmean(scores), statistics.pstdev(scores))
 
 
 def _score_batch(model: Any, tokenizer: PreTrainedTokenizerBase, batch: Dataset, eval_set: EvalSet) -> list[float]:

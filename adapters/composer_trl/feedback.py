@@ -8,12 +8,11 @@ keeps the feedback of the last call, aligned with the completions it scored.
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from composer_core.errors import ConfigError
+from composer_core.rewards.scoring import checked_reward
 
 
 class FeedbackRecorder:
@@ -48,10 +47,7 @@ class FeedbackRecorder:
                 self.reset(len(results))
             rewards = []
             for index, result in enumerate(results):
-                reward = getattr(result, "reward", result)
-                if reward is not None and (not isinstance(reward, numbers.Real) or math.isnan(reward)):
-                    raise ConfigError(f"reward function {name!r} returned {reward!r} for completion {index}; "
-                                      "rewards must be finite numbers (or None for 'not scorable')")
+                reward = checked_reward(result, name, index)
                 text = getattr(result, "feedback", None)
                 if text and self.feedback[index] is None:
                     self.feedback[index] = text

@@ -37,6 +37,7 @@ class JobData:
     reward_weights: list[float]
 
     def eval_set(self, max_new_tokens: int) -> EvalSet | None:
+        """The eval rows with the job's rewards, generating up to `max_new_tokens`; None without eval rows."""
         if self.eval is None:
             return None
         return EvalSet(self.eval, self.reward_funcs, self.reward_weights, max_new_tokens)

@@ -10,7 +10,7 @@ summary: every target used or skipped with its reason, and what the steps traine
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -22,9 +22,9 @@ from composer_trl.target_rows import OnPolicyTargets, with_target_rows
 from composer_trl.targets_data import TargetsReport, TokenizedTarget, read_targets
 
 
-def no_verifiable_reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[None]:
-    """The reward of a run on targets alone: target rows have none (None: TRL's 'not scorable'); the target rows'
-    reward wrapper answers for them, so this is only reached by a row that is not a target, which is refused."""
+def no_verifiable_reward(prompts: list[Any], completions: list[Any], **columns: Any) -> NoReturn:
+    """The reward function of a run on targets alone. Target rows never reach it (their reward wrapper answers None,
+    TRL's 'not scorable', for them), so a call means rows that are not targets: refused."""
     raise ConfigError(f"{len(prompts)} rows that are not data.targets rows reached a run without reward functions: "
                       "give `reward: [package.module:function]`")
 

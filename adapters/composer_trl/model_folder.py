@@ -61,8 +61,6 @@ def load_model(path: Path) -> tuple[Any, PreTrainedTokenizerBase]:
         raise ConfigError(f"cannot load the model in {path}: {type(error).__name__}: {error}") from None
     if tokenizer.pad_token is None:  # batched generation pads; the end-of-text token is the usual choice
         tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        raise ConfigError(f"the tokenizer in {path} has no chat template; the task's prompts are chat messages")
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ConfigError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model embeds only "
                           f"{model.get_input_embeddings().num_embeddings}; they do not belong together")

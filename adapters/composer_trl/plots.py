@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from composer_core.files import atomic_output
 
 Series = list[tuple[int, float]]
-EVAL_KEYS = ("eval/reward", "eval_reward")
+EVAL_KEY = "eval/reward"  # the job's periodic eval rows (composer_trl.evaluation)
 EVAL_SERIES = "eval reward"  # the eval rows plus the before/after points
 COLUMNS = 3
 
@@ -71,7 +71,7 @@ def with_eval_points(series: dict[str, Series], before: float | None, after: flo
                      before_step: int = 0) -> dict[str, Series]:
     """The series plus EVAL_SERIES: the eval rows, the before point at `before_step` (where training started: 0,
     or the checkpoint a resumed run continued from) and the after point at the last step."""
-    points = [point for key in EVAL_KEYS for point in series.get(key, [])]
+    points = list(series.get(EVAL_KEY, []))
     if before is not None:
         points.append((before_step, before))
     if after is not None:

@@ -132,7 +132,7 @@ def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Pa
     complete = [path for path in checkpoints(out) if is_complete(path)]
     summary = {"eval_reward_before": before, "eval_reward_after": after,
                "eval_prompts": len(eval_set.rows) if eval_set is not None else 0, "steps": trainer.state.global_step,
-               "max_steps": config.run.max_steps, "interrupted": stop.received is not None,
+               "max_steps": config.run.max_steps, "interrupted": interrupted,
                "signal": stop.received.name if stop.received is not None else None, "model": str(final),
                "checkpoint": str(complete[-1]) if complete else None,
                "resumed_from": str(checkpoint) if checkpoint else None, "metrics": str(metrics),

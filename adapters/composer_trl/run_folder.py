@@ -147,7 +147,7 @@ def previous_run(folder: Path) -> str | None:
     summary = folder / SUMMARY
     if summary.is_file():
         try:
-            data = json.loads(summary.read_text())
+            data = json.loads(summary.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return f"a run whose {SUMMARY} cannot be read"
         state = "an interrupted run" if data.get("interrupted") else "a finished run"

@@ -57,10 +57,6 @@ class GracefulStop(TrainerCallback):
             return
         raise RunInterrupted(signal.Signals(number))
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + int(self.received) if self.received is not None else 0
-
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.training = True
 

@@ -55,11 +55,11 @@ UNSUPPORTED_TRL_SETTINGS = {  # TRL features that live inside TRL's own loss, wh
 
 
 def allow_empty_rows(config: ComposerConfig) -> ComposerConfig:
-    """The config with policy.allow_empty_rows on (TRL's mask_truncated_completions empties whole rows),
-    re-validated as a whole rather than patched past validation."""
+    """The config with policy.allow_empty_rows on (TRL's mask_truncated_completions empties whole rows of the policy
+    mask, and so do on-policy target rows), re-validated as a whole rather than patched past validation."""
     data = config.model_dump(mode="json")
     data["policy"]["allow_empty_rows"] = True
-    return ComposerConfig.from_mapping(data, source="composer_config with GRPOConfig.mask_truncated_completions")
+    return ComposerConfig.from_mapping(data, source="composer_config with rows left out of the policy mask")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ class Scoring:
 
 class ComposerCheckpoint(TrainerCallback):
     """Writes what TRL's checkpoint lacks into it: the self-distillation teacher's weights (EMA state) and where
-    the preference pairs' cycle stands, so that `train(resume_from_checkpoint=...)` restores them too."""
+    the preference pairs' and off-policy targets' cycles stand, so that `train(resume_from_checkpoint=...)`
+    restores them too."""
 
     def __init__(self, trainer: ComposerGRPOTrainer) -> None:
         self.trainer = trainer
@@ -116,14 +117,14 @@ class ComposerGRPOTrainer(GRPOTrainer):
             warn_unused_sections(composer_config)
         self.feedback = FeedbackRecorder()
         self.targets = targets
-        self.target_rows = targets.on_policy if targets is not None else None
-        if self.target_rows is not None:
-            reward_funcs = self.target_rows.wrap_rewards(reward_funcs)
+        self.on_policy_targets = targets.on_policy if targets is not None else None
+        if self.on_policy_targets is not None:
+            reward_funcs = self.on_policy_targets.wrap_rewards(reward_funcs)
         super().__init__(model, self.feedback.wrap(reward_funcs), args, *positional, **kwargs)
         self.explicit_config = composer_config is not None
         config = composer_config or composer_config_from_grpo(self.args)
         self._check_trl_settings(config)
-        empty_rows = self.args.mask_truncated_completions or self.target_rows is not None  # target rows: empty
+        empty_rows = self.args.mask_truncated_completions or self.on_policy_targets is not None
         if empty_rows and not config.policy.allow_empty_rows:
             config = allow_empty_rows(config)
         self.composer_config = config
@@ -137,8 +138,8 @@ class ComposerGRPOTrainer(GRPOTrainer):
         self.off_policy_targets: OffPolicyTargets | None = None
         if targets is not None and not self.composer_loss.enabled["distill"]:
             raise ConfigError("targets train the self-distillation channel, which is off: set distill.weight > 0")
-        if self.target_rows is not None:
-            self.target_rows.check_dataset(self.train_dataset)
+        if self.on_policy_targets is not None:
+            self.on_policy_targets.check_dataset(self.train_dataset)
         if self.composer_loss.enabled["distill"]:
             self.reprompt = RepromptSettings(**config.distill.context)
             student = self.accelerator.unwrap_model(self.model)
@@ -146,9 +147,8 @@ class ComposerGRPOTrainer(GRPOTrainer):
                                                       reference=self.ref_model)
             self.add_callback(TeacherUpdate(self))
             if targets is not None:
-                self.off_policy_targets = targets.off_policy(
-                    batch_size=max(self.args.per_device_train_batch_size // self.num_generations, 1),
-                    pad=pad_id(self.processing_class), seed=self.args.seed)
+                self.off_policy_targets = targets.off_policy(batch_size=self._prompts_per_batch(),
+                                                             pad=pad_id(self.processing_class), seed=self.args.seed)
         if self.composer_loss.enabled["preference"]:
             self._setup_preference(preference_dataset)
         elif preference_dataset is not None:
@@ -165,32 +165,34 @@ class ComposerGRPOTrainer(GRPOTrainer):
     # ---- checkpoints: TRL's own, plus the composer state it does not know about ------------------------------------
 
     def composer_state(self) -> dict[str, Any]:
-        """The teacher's weights and the preference cycle's position (None where that part is off)."""
+        """The teacher's weights and the preference and off-policy targets cycles' positions (None where that part
+        is off)."""
         return {"teacher": self.teacher.state_dict() if self.teacher is not None else None,
                 "targets": self.off_policy_targets.state_dict() if self.off_policy_targets is not None else None,
                 "preference": self.preference.state_dict() if self.preference is not None else None}
 
     def save_composer_state(self, checkpoint: Path) -> None:
+        """Write `composer_state()` into a checkpoint folder, atomically."""
         with atomic_output(checkpoint / COMPOSER_STATE, what="composer checkpoint state", binary=True) as stream:
             torch.save(self.composer_state(), stream)
 
     def load_composer_state(self, checkpoint: Path) -> None:
-        """Restore the teacher and the preference cycle from a checkpoint written by this trainer."""
+        """Restore the teacher and the preference and targets cycles from a checkpoint written by this trainer."""
         path = checkpoint / COMPOSER_STATE
         if not path.is_file():
             raise ConfigError(f"checkpoint {checkpoint} has no {COMPOSER_STATE} (the self-distillation teacher's "
-                              "weights and the preference pairs' position): it was not written by "
+                              "weights and the preference pairs' and targets' positions): it was not written by "
                               "ComposerGRPOTrainer or its saving was cut short; resume from another checkpoint")
         try:
             state = torch.load(path, weights_only=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise ConfigError(f"cannot read {path}: {error}; resume from another checkpoint") from None
-        for part, holder in (("teacher", self.teacher), ("preference", self.preference),
-                             ("targets", self.off_policy_targets)):
+        for part, holder, what in (("teacher", self.teacher, "the self-distillation teacher"),
+                                   ("preference", self.preference, "preference pairs"),
+                                   ("targets", self.off_policy_targets, "off-policy targets")):
             if (state.get(part) is None) != (holder is None):
-                raise ConfigError(f"checkpoint {checkpoint} was saved with the {part} channel "
-                                  f"{'off' if holder is not None else 'on'}; resume with the configuration it was "
-                                  "trained with")
+                raise ConfigError(f"checkpoint {checkpoint} was saved {'without' if holder is not None else 'with'} "
+                                  f"{what}; resume with the configuration it was trained with")
             if holder is not None:
                 holder.load_state_dict(state[part])
 
@@ -209,14 +211,20 @@ class ComposerGRPOTrainer(GRPOTrainer):
             self.load_composer_state(Path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    # ---- set-up: checks before any step, and the preference channel ------------------------------------------------
+
     def _preflight_prompts(self) -> None:
-        """Self-distillation builds the teacher's context from chat messages: plain-string prompts stop here, before
-        any step, rather than at the first teacher pass."""
+        """Chat-message prompts need the tokenizer's chat template, and self-distillation builds the teacher's context
+        from chat messages: either missing stops here, before any step, rather than at the first generation or
+        teacher pass."""
         dataset = self.train_dataset
-        if not self.composer_loss.enabled["distill"] or dataset is None or not hasattr(dataset, "column_names"):
+        if dataset is None or not hasattr(dataset, "column_names"):
             return
         first = dataset[0].get("prompt")
-        if not isinstance(first, list):
+        if isinstance(first, list) and getattr(self.processing_class, "chat_template", None) is None:
+            raise ConfigError("the training prompts are chat messages but the tokenizer has no chat template: give "
+                              "prompts as plain strings, or a model whose tokenizer has one (tokenizer.chat_template)")
+        if self.composer_loss.enabled["distill"] and not isinstance(first, list):
             raise ConfigError(f"self-distillation builds the teacher's context from chat messages, but the training "
                               f"prompts are plain strings (the first: {str(first)[:60]!r}): give each prompt as a list "
                               "of chat messages ([{role: user, content: ...}]), or turn self-distillation off "
@@ -230,6 +238,8 @@ class ComposerGRPOTrainer(GRPOTrainer):
             return
         if "prompt" not in dataset.column_names:
             raise ConfigError(f"the training data set has no 'prompt' column; columns: {dataset.column_names}")
+        if len(dataset) == 0:
+            raise ConfigError("the training data set has no rows")
         rows = [dataset[index] for index in range(min(2, len(dataset)))]
         prompts = [row["prompt"] for row in rows]
         conversational = isinstance(prompts[0], list)
@@ -246,11 +256,14 @@ class ComposerGRPOTrainer(GRPOTrainer):
                 raise ConfigError(f"reward function {name!r} returned {len(rewards)} rewards for {len(rows)} "
                                   "completions; it must return one per completion")
 
+    def _prompts_per_batch(self) -> int:
+        """How many preference pairs or off-policy targets each step mixes in: one per prompt of the batch."""
+        return max(self.args.per_device_train_batch_size // self.num_generations, 1)
+
     def _setup_preference(self, dataset: Any) -> None:
         if dataset is None:
             raise ConfigError("the preference channel is on: pass preference_dataset (prompt/chosen/rejected)")
-        pairs_per_step = max(self.args.per_device_train_batch_size // self.num_generations, 1)  # one per prompt
-        self.preference = PreferenceMixer(dataset, self.processing_class, batch_size=pairs_per_step,
+        self.preference = PreferenceMixer(dataset, self.processing_class, batch_size=self._prompts_per_batch(),
                                           seed=self.args.seed)
         student = self.accelerator.unwrap_model(self.model)
         if self.ref_model is not None:
@@ -270,11 +283,13 @@ class ComposerGRPOTrainer(GRPOTrainer):
                                   f"{wanted!r}; set it in GRPOConfig (see `composer-core train "
                                   "--print-backend-config`)")
 
+    # ---- generation and scoring: keep what the teacher contexts and the composer advantages need -------------------
+
     def _tokenize_prompts(self, prompts: list[Any]) -> Any:
         """TRL's prompt tokens, cut to run.max_prompt_length when it is set (composer_trl.prompt_length)."""
         tokenize = super()._tokenize_prompts
-        if self.target_rows is not None:  # target rows: their rendered student contexts (composer_trl.target_rows)
-            prompt_ids, images, multimodal_fields = self.target_rows.tokenize_prompts(prompts, tokenize)
+        if self.on_policy_targets is not None:  # target rows: their rendered student contexts (target_rows)
+            prompt_ids, images, multimodal_fields = self.on_policy_targets.tokenize_prompts(prompts, tokenize)
         else:
             prompt_ids, images, multimodal_fields = tokenize(prompts)
         limit = self.composer_config.run.max_prompt_length
@@ -283,21 +298,22 @@ class ComposerGRPOTrainer(GRPOTrainer):
             self._metrics["train" if self.model.training else "eval"][TRUNCATED_METRIC].append(fraction)
         return prompt_ids, images, multimodal_fields
 
-    # ---- scoring: keep what the teacher contexts and the composer advantages need --------------------------------
-
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
+        """TRL's rewards, kept with the feedback the reward functions gave (`Scoring`)."""
         self.feedback.reset(len(prompts))
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self.scoring = Scoring(inputs, prompts, completions, rewards_per_func, list(self.feedback.feedback))
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
-        if self.target_rows is not None:
-            self.target_rows.begin_batch(inputs)
+        """TRL's scored batch plus what the composer loss reads: the composer advantages (with a composer_config),
+        the target rows' mask and zero advantages, and the teacher's rows."""
+        if self.on_policy_targets is not None:
+            self.on_policy_targets.begin_batch(inputs)
         output = super()._generate_and_score_completions(inputs)
         if self.explicit_config:
             output["advantages"] = self._composer_advantages(output)
-        if self.target_rows is not None:
+        if self.on_policy_targets is not None:
             output.update(self._without_target_rows(output))
         if self.teacher is not None:
             output.update(self._teacher_rows(output))
@@ -345,7 +361,7 @@ class ComposerGRPOTrainer(GRPOTrainer):
                                    rewards: list[float], hints: list[Any]) -> dict[str, torch.Tensor]:
         """Teacher rows of a batch holding target rows: the RL rows' contexts built from their own rows only (the
         context metrics count those), the target rows' hinted contexts from the targets file."""
-        assert self.scoring is not None and self.target_rows is not None
+        assert self.scoring is not None and self.on_policy_targets is not None
         scoring, rows = self.scoring, output["target_rows"]
         kept = [index for index, target in enumerate(rows.tolist()) if not target]
 
@@ -357,13 +373,14 @@ class ComposerGRPOTrainer(GRPOTrainer):
         by_row: list[Any] = [None] * len(completions)
         for index, context in zip(kept, contexts.contexts, strict=True):
             by_row[index] = context
-        batch = self.target_rows.teacher_batch(self.processing_class, scoring.prompts, by_row,
+        batch = self.on_policy_targets.teacher_batch(self.processing_class, scoring.prompts, by_row,
                                                output["completion_ids"], output["completion_mask"], self.reprompt,
                                                self.chat_template_kwargs)
-        sd_mask = batch.sd_mask * self._loss_mask(output)
+        loss_mask = self._loss_mask(output)
+        sd_mask = batch.sd_mask * loss_mask
         mode = "train" if self.model.training else "eval"
         metrics = {**contexts.counts.metrics(prefix="composer/teacher/"),
-                   **self.target_rows.count(rows, self._loss_mask(output), sd_mask)}
+                   **self.on_policy_targets.count(rows, loss_mask, sd_mask)}
         for name, value in metrics.items():
             self._metrics[mode][name].append(value)
         return {"teacher_input_ids": batch.input_ids, "teacher_attention_mask": batch.attention_mask,
@@ -372,9 +389,9 @@ class ComposerGRPOTrainer(GRPOTrainer):
     def _without_target_rows(self, output: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Target rows have no verifiable reward: their advantage is zero, and the policy channel's token count
         leaves them out (its mask does too: `_policy_mask`)."""
-        assert self.target_rows is not None
+        assert self.on_policy_targets is not None
         advantages = output["advantages"]
-        rows = self.target_rows.row_mask(advantages.device)
+        rows = self.on_policy_targets.row_mask(advantages.device)
         policy_tokens = self._loss_mask(output) * (~rows).unsqueeze(1)
         return {"target_rows": rows,
                 "advantages": torch.where(rows.view(-1, *(1,) * (advantages.dim() - 1)), 0.0, advantages),
@@ -459,6 +476,8 @@ class ComposerGRPOTrainer(GRPOTrainer):
         return preference_batch(model, tokens, ref_model=self.preference_reference, temperature=self.temperature)
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """The composer loss in place of TRL's: the enabled channels, plus the off-policy targets' term when
+        training."""
         mode = "train" if self.model.training else "eval"
         distill = None
         if self.teacher is not None:

@@ -14,13 +14,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trl import GRPOConfig
-
 from composer_core.config import ComposerConfig, DataConfig, ModelConfig, RunConfig
 from composer_core.errors import ConfigError
 from composer_trl.job_data import job_data
 from composer_trl.model_folder import load_model
-from composer_trl.trl_settings import grpo_settings, machine_settings
+from composer_trl.trl_settings import build_grpo_config
 
 if TYPE_CHECKING:
     from composer_trl.trainer import ComposerGRPOTrainer
@@ -50,6 +48,7 @@ def trainer_from_config(trainer_class: type[ComposerGRPOTrainer], config: Compos
     model) replaces model.path, `tokenizer` the model's own, and `grpo_overrides` replace GRPOConfig arguments
     (output_dir defaults to run.output_dir/checkpoints, as in `composer-core train`)."""
     from composer_trl.run import build_trainer, model_path_of  # run and run_folder import the trainer module
+    from composer_trl.run_folder import CHECKPOINTS
 
     if isinstance(model, str | Path):
         raise ConfigError(f"from_config(model={str(model)!r}): pass a loaded model, or set model.path in the config")
@@ -60,17 +59,5 @@ def trainer_from_config(trainer_class: type[ComposerGRPOTrainer], config: Compos
     if model is None:
         model, own_tokenizer = load_model(model_path_of(config))
         tokenizer = tokenizer if tokenizer is not None else own_tokenizer
-    grpo_config = grpo_config_with(config, grpo_overrides)
+    grpo_config = build_grpo_config(config, str(Path(config.run.output_dir) / CHECKPOINTS), grpo_overrides)
     return build_trainer(config, grpo_config, model, tokenizer, data, callbacks=[], trainer_class=trainer_class)
-
-
-def grpo_config_with(config: ComposerConfig, overrides: dict[str, Any]) -> GRPOConfig:
-    """The run's GRPOConfig with `overrides` replacing its arguments; TRL's refusal is a ConfigError."""
-    from composer_trl.run_folder import CHECKPOINTS
-
-    settings = grpo_settings(config, str(Path(config.run.output_dir) / CHECKPOINTS))
-    try:
-        return GRPOConfig(**machine_settings({**settings, **overrides}))
-    except (ValueError, TypeError) as error:
-        given = ", ".join(overrides) or "no overrides"
-        raise ConfigError(f"TRL refuses the GRPOConfig of this config ({given}): {error}") from None

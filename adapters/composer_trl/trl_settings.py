@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -133,13 +134,17 @@ def machine_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def build_grpo_config(config: ComposerConfig, output_dir: str) -> GRPOConfig:
-    """The GRPOConfig a training run uses; a value TRL refuses is a ConfigError quoting TRL."""
-    settings = machine_settings(grpo_settings(config, output_dir))
+def build_grpo_config(config: ComposerConfig, output_dir: str, overrides: Mapping[str, Any] | None = None
+                      ) -> GRPOConfig:
+    """The GRPOConfig a training run uses, `overrides` replacing its arguments (ComposerGRPOTrainer.from_config's);
+    a value TRL refuses is a ConfigError quoting TRL."""
+    overrides = overrides or {}
+    settings = machine_settings({**grpo_settings(config, output_dir), **overrides})
     try:
         return GRPOConfig(**settings)
     except (ValueError, TypeError) as error:
-        given = ", ".join(f"run.trl.{name}" for name in config.run.trl) or "no run.trl"
+        given = ", ".join([*(f"run.trl.{name}" for name in config.run.trl),
+                           *(f"from_config's {name}" for name in overrides)]) or "no run.trl"
         raise ConfigError(f"TRL refuses the GRPOConfig of this run ({given}): {error}") from None
 
 

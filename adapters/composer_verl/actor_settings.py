@@ -78,7 +78,7 @@ def invalid_settings_message(objective_name: str, error: ValidationError, carrie
     problems = []
     for problem in error.errors():
         name = str(problem["loc"][0]) if problem["loc"] else "?"
-        if name in carried:
+        if name in ACTOR_CARRIED and name in carried:
             problems.append(f"{ACTOR_CARRIED[name][0]}={carried[name]}: {problem['msg']}")
         else:
             problems.append(f"composer.policy.objective.params.{name}: {problem['msg']}")

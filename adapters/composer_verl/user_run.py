@@ -36,9 +36,9 @@ def check_honoured(config: ComposerConfig) -> None:
                           "VeRL does not read; remove run.trl for the VeRL backend (set VeRL's own keys on its "
                           "command line)")
     if data.preference_pairs is not None:
-        raise ConfigError(f"data.preference_pairs={data.preference_pairs}: the trace-replay DPO channel is not "
-                          "available on the VeRL backend yet; train it on the trl backend or remove "
-                          "data.preference_pairs")
+        raise ConfigError(f"data.preference_pairs={data.preference_pairs}: the trace-replay DPO channel "
+                          "(composer-core's own research channel) is not available on the VeRL backend yet; train "
+                          "it on the trl backend or remove data.preference_pairs")
     if not data.hints and config.distill.weight > 0:
         raise ConfigError("data.hints=false: on VeRL the composer trainer always gives the teacher a row's "
                           "extra_info.hint; drop the hints from your data's extra_info and leave data.hints at true")
@@ -101,7 +101,8 @@ def data_overrides(config: ComposerConfig) -> list[str]:
 
 
 def run_settings(config: ComposerConfig) -> list[str]:
-    """Prompt length, gradient checkpointing, precision and loggers; logging_steps refused but at every step."""
+    """Prompt length, gradient checkpointing, precision and loggers; a run.logging_steps other than 1 is refused
+    (VeRL logs every step)."""
     run = config.run
     if run.logging_steps != 1:
         raise ConfigError(f"run.logging_steps={run.logging_steps}: VeRL logs every step and has no setting for it; "
@@ -128,7 +129,8 @@ def user_run_notes(config: ComposerConfig) -> list[str]:
     """Comment lines on what the printed run settings mean on VeRL, where it differs from the trl backend."""
     notes = []
     if config.data.train is None:
-        notes.append("# data: the built-in task has no VeRL form: data.* files and the reward stay your job's own "
+        kept = "data.* files stay" if config.reward else "data.* files and the reward stay"
+        notes.append(f"# data: the built-in task has no VeRL form: {kept} your job's own "
                      "(examples/verl/ writes the arithmetic task for VeRL).")
     else:
         notes.append("# data: VeRL reads its own row layout: prompt as chat messages, data_source, "

@@ -1,1 +1,1 @@
-"""The `composer-core` command: one module per command group (main, traces, train)."""
+"""The `composer-core` command: `main` builds the parser; one module per command group (model, traces, train)."""

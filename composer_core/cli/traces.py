@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -14,7 +13,14 @@ from typing import Any
 from tqdm import tqdm
 
 from composer_core.errors import ConfigError, SpendCapReached
-from composer_core.files import atomic_directory, atomic_output, check_input, check_output, check_output_folder
+from composer_core.files import (
+    atomic_directory,
+    atomic_output,
+    check_input,
+    check_output,
+    check_output_folder,
+    same_path,
+)
 from composer_core.plugins import registries
 from composer_core.replay.cache import ReplayCache
 from composer_core.replay.pairs import pairs_to_dataset, write_pairs_jsonl
@@ -40,8 +46,7 @@ def _refuse_shared_paths(outputs: Mapping[str, Path]) -> None:
     named = list(outputs.items())
     for index, (first_flag, first) in enumerate(named):
         for second_flag, second in named[index + 1:]:
-            if first.resolve() == second.resolve() or (first.exists() and second.exists()
-                                                       and os.path.samefile(first, second)):
+            if same_path(first, second):
                 raise ConfigError(f"{first_flag} and {second_flag} both name {first}: one would overwrite the other; "
                                   "give different paths")
 

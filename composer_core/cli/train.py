@@ -31,6 +31,7 @@ def exit_code(summary: dict[str, Any]) -> int:
 
 
 def eval_line(summary: dict[str, Any]) -> str:
+    """The one stdout line of a run: its eval reward before and after, or why one was not measured."""
     before, after = summary["eval_reward_before"], summary["eval_reward_after"]
     if before is None:
         return "eval reward: not measured: data.eval is not set (no held-out prompts)"
@@ -41,6 +42,7 @@ def eval_line(summary: dict[str, Any]) -> str:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    """Train the job on the chosen backend (or print its native config); the summary goes to stderr."""
     config = job_config(args)
     backend = registries().backends.get(args.backend)
     if args.print_backend_config:

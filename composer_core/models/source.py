@@ -1,8 +1,9 @@
 """What kind of thing `model.path` names: a saved model folder, a GGUF file, or a hub model id.
 
 The rules, in order: an existing file must be a `.gguf`; an existing folder with a config.json is a saved model,
-one holding exactly one `.gguf` is that GGUF; a path that does not exist is a hub model id when it has the form of
-one (`name` or `owner/name`), and otherwise an error naming it.
+one without it holding exactly one `.gguf` is that GGUF, and any other folder is taken as a saved model (the backend
+checks its files when it loads them); a path that does not exist is a hub model id when it has the form of one
+(`name` or `owner/name`), and otherwise an error naming it.
 """
 
 from __future__ import annotations

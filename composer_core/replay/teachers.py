@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from composer_core.errors import ConfigError, SpendCapReached, TeacherError
+from composer_core.finite import non_finite_values
 from composer_core.traces.contracts import Contract, ToolCall
 from composer_core.traces.formats import parse_arguments
 from composer_core.traces.openai_messages import text_of
@@ -205,7 +206,8 @@ class OpenAICompatibleTeacher(Teacher):
         problems += [f"{field} must be a finite number of seconds > 0, got {value!r}"
                      for field, value in (("timeout_s", self.timeout_s), ("deadline_s", self.deadline_s))
                      if not (_usd(value) and value > 0)]
-        problems += [f"params.{field} is {value!r}: give a finite number" for field, value in _non_finite(self.params)]
+        problems += [f"params.{field} is {value!r}: give a finite number"
+                     for field, value in non_finite_values(self.params)]
         problems += [f"params.{field} must be an integer >= 1, got {self.params[field]!r}"
                      for field in ("max_tokens", "max_completion_tokens")
                      if self.params.get(field) is not None and not (_integer(self.params[field])
@@ -283,10 +285,9 @@ class OpenAICompatibleTeacher(Teacher):
             if limit <= 0:
                 return _Attempt(failure=f"its deadline_s of {self.deadline_s:g} s passed while queued behind "
                                 f"{self.max_concurrency} requests in flight", retryable=False)
-            try:
-                async with asyncio.timeout(limit):
-                    response = await client.post(self.url, json=body)
-            except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout) as error:
+            try:  # wait_for, not asyncio.timeout: the package supports Python 3.10
+                response = await asyncio.wait_for(client.post(self.url, json=body), limit)
+            except (asyncio.TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout) as error:
                 return _Attempt(failure=f"no complete answer within {limit:.3g} s ({type(error).__name__})",
                                 cost_usd=estimate)
             except httpx.TransportError as error:  # connect / pool timeouts included: nothing reached the server
@@ -514,17 +515,6 @@ def _integer(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return isinstance(value, numbers.Integral) or (math.isfinite(value) and float(value).is_integer())
-
-
-def _non_finite(value: Any, where: str = "") -> list[tuple[str, float]]:
-    """(dotted path, value) of every NaN or infinite number nested in `value`."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return [(where, value)]
-    if isinstance(value, dict):
-        return [found for key, item in value.items() for found in _non_finite(item, f"{where}.{key}".lstrip("."))]
-    if isinstance(value, list | tuple):
-        return [found for index, item in enumerate(value) for found in _non_finite(item, f"{where}[{index}]")]
-    return []
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -5,7 +5,7 @@
 """
 
 from composer_core.rewards.loading import NamedReward, load_function, load_reward_functions, with_columns
-from composer_core.rewards.scoring import reward_values, weighted_rewards
+from composer_core.rewards.scoring import checked_reward, weighted_rewards
 
-__all__ = ["NamedReward", "load_function", "load_reward_functions", "reward_values", "weighted_rewards",
+__all__ = ["NamedReward", "checked_reward", "load_function", "load_reward_functions", "weighted_rewards",
            "with_columns"]

@@ -20,17 +20,20 @@ def reward_values(results: Sequence[Any], name: str, expected: int) -> list[floa
     if len(results) != expected:
         raise ConfigError(f"reward function {name!r} returned {len(results)} rewards for {expected} completions; it "
                           "must return one per completion")
-    values = []
-    for index, result in enumerate(results):
-        reward = getattr(result, "reward", result)
-        if reward is None:
-            values.append(math.nan)
-            continue
-        if not isinstance(reward, numbers.Real) or math.isnan(reward):
-            raise ConfigError(f"reward function {name!r} returned {reward!r} for completion {index}; rewards must "
-                              "be numbers (or None for 'not scorable')")
-        values.append(float(reward))
-    return values
+    values = [checked_reward(result, name, index) for index, result in enumerate(results)]
+    return [math.nan if value is None else value for value in values]
+
+
+def checked_reward(result: Any, name: str, index: int) -> float | None:
+    """One completion's reward (`.reward` or the value itself) as a float, None when not scorable; anything but a
+    finite real number (numpy scalars and bools count) is a ConfigError naming the function and the completion."""
+    reward = getattr(result, "reward", result)
+    if reward is None:
+        return None
+    if not isinstance(reward, numbers.Real) or not math.isfinite(reward):
+        raise ConfigError(f"reward function {name!r} returned {reward!r} for completion {index}; rewards must be "
+                          "finite numbers (or None for 'not scorable')")
+    return float(reward)
 
 
 def weighted_rewards(functions: Sequence[Any], weights: Sequence[float], *, prompts: Sequence[Any],

@@ -21,9 +21,9 @@ from pydantic import TypeAdapter, ValidationError
 from composer_core.traces.contracts import Provenance, Reject, Trace
 
 HEAD_BYTES = 8192
-FIRST_LINE_BYTES = 1 << 20
-DETECT_LINES = 20
-DETECT_BUDGET_BYTES = 4 << 20
+DETECT_LINES = 20  # non-blank lines `leading_json_objects` reads
+DETECT_LINE_BYTES = 1 << 20  # a longer line is skipped unparsed
+DETECT_BUDGET_BYTES = 4 << 20  # bytes read in all, however long the lines
 _DATETIME = TypeAdapter(datetime)
 
 
@@ -104,19 +104,19 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
-def leading_json_objects(path: Path, lines: int = DETECT_LINES, budget: int = DETECT_BUDGET_BYTES,
-                         line_limit: int = FIRST_LINE_BYTES) -> list[dict[str, Any]]:
-    """The JSON objects among the first `lines` non-blank lines of a file, reading at most `budget` bytes.
+def leading_json_objects(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects among the first DETECT_LINES non-blank lines of a file, reading at most
+    DETECT_BUDGET_BYTES.
 
-    For detection: a corrupt, truncated or over-long first line (over `line_limit` bytes, skipped unparsed)
-    does not hide the lines after it, and no file, however large its lines, costs more than `budget` bytes.
+    For detection: a corrupt, truncated or over-long first line (over DETECT_LINE_BYTES, skipped unparsed)
+    does not hide the lines after it, and no file, however large its lines, costs more than the budget.
     """
     if not is_regular_file(path):
         return []
     found: list[dict[str, Any]] = []
     try:
         with path.open("rb") as stream:
-            for line in _bounded_lines(stream, lines, budget, line_limit):
+            for line in _bounded_lines(stream, DETECT_LINES, DETECT_BUDGET_BYTES, DETECT_LINE_BYTES):
                 try:
                     value = json.loads(line.decode("utf-8", errors="replace"))
                 except json.JSONDecodeError:
@@ -146,12 +146,6 @@ def _bounded_lines(stream: IO[bytes], lines: int, budget: int, line_limit: int) 
         if line.strip():
             lines -= 1
             yield line
-
-
-def first_json_line(path: Path, limit: int = FIRST_LINE_BYTES) -> dict[str, Any] | None:
-    """The first JSON object among a file's leading lines (see `leading_json_objects`), or None."""
-    objects = leading_json_objects(path, line_limit=limit)
-    return objects[0] if objects else None
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -2,7 +2,8 @@
 
 The model is composer-core's embedded tiny Qwen2 (it ships with the package, nothing is downloaded); the
 task is composer-core's arithmetic task with hints. Each phase runs `python -m verl.trainer.main_ppo` with
-the overrides `composer-core train --backend verl --print-backend-config` prints, plus the one-GPU layout.
+the overrides `composer-core train --backend verl --print-backend-config --with-run-settings` prints (less the
+keys the one-GPU layout sets), plus that layout.
 Needs a CUDA GPU and VeRL's vLLM rollout (`pip install composer-core[verl] vllm`).
 
     python examples/verl/smoke_gpu.py --output-dir runs/verl-smoke
