@@ -26,6 +26,7 @@ from hypothesis import strategies as st  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from composer_core import ComposerConfig, registries  # noqa: E402
+from composer_core.errors import ConfigError  # noqa: E402
 from composer_verl.group import composer_settings  # noqa: E402
 from composer_verl.hydra_text import hydra_value  # noqa: E402
 
@@ -147,6 +148,25 @@ def test_any_string_reads_back_from_hydra_exactly(text: str) -> None:
     """Through hydra's own override parser and OmegaConf's resolution, as `compose` reads a command line."""
     override = OverridesParser.create().parse_override(f"+composer.probe={hydra_value(text)}")
     assert OmegaConf.create({"probe": override.value()}).probe == text
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True), inner, max_size=3),
+                           max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(value=st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True), JSON_VALUES, max_size=4))
+def test_a_nested_mapping_reads_back_from_hydra_exactly(value: dict) -> None:
+    """A plugin objective's params may nest mappings and lists: printed as a hydra dict, read back as given."""
+    override = OverridesParser.create().parse_override(f"+composer.probe={hydra_value(value)}")
+    assert OmegaConf.to_container(OmegaConf.create({"probe": override.value()}))["probe"] == value
+
+
+def test_a_mapping_key_hydra_cannot_read_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"keys \['a b'\] cannot be written as hydra mapping keys"):
+        hydra_value({"a b": 1})
 
 
 def _get(composed, dotted: str):

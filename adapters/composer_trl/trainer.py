@@ -157,10 +157,10 @@ class ComposerGRPOTrainer(GRPOTrainer):
 
     @classmethod
     def from_config(cls, config: ComposerConfig, model: Any = None, tokenizer: Any = None,
-                    **grpo_overrides: Any) -> ComposerGRPOTrainer:
+                    **grpo_arguments: Any) -> ComposerGRPOTrainer:
         """The trainer `composer-core train` builds for `config`: model (model.path or the embedded one, unless
-        `model` is given), data, reward functions and GRPOConfig (`grpo_overrides` replace its arguments)."""
-        return trainer_from_config(cls, config, model, tokenizer, **grpo_overrides)
+        `model` is given), data, reward functions and GRPOConfig (`grpo_arguments` replace its arguments)."""
+        return trainer_from_config(cls, config, model, tokenizer, **grpo_arguments)
 
     # ---- checkpoints: TRL's own, plus the composer state it does not know about ------------------------------------
 

@@ -43,9 +43,9 @@ def warn_unused_sections(config: ComposerConfig) -> None:
 
 
 def trainer_from_config(trainer_class: type[ComposerGRPOTrainer], config: ComposerConfig, model: Any = None,
-                        tokenizer: Any = None, **grpo_overrides: Any) -> ComposerGRPOTrainer:
+                        tokenizer: Any = None, **grpo_arguments: Any) -> ComposerGRPOTrainer:
     """The trainer `composer-core train` would build for `config` (see the module docstring); `model` (a loaded
-    model) replaces model.path, `tokenizer` the model's own, and `grpo_overrides` replace GRPOConfig arguments
+    model) replaces model.path, `tokenizer` the model's own, and `grpo_arguments` replace GRPOConfig arguments
     (output_dir defaults to run.output_dir/checkpoints, as in `composer-core train`)."""
     from composer_trl.run import build_trainer, model_path_of  # run and run_folder import the trainer module
     from composer_trl.run_folder import CHECKPOINTS
@@ -59,5 +59,5 @@ def trainer_from_config(trainer_class: type[ComposerGRPOTrainer], config: Compos
     if model is None:
         model, own_tokenizer = load_model(model_path_of(config))
         tokenizer = tokenizer if tokenizer is not None else own_tokenizer
-    grpo_config = build_grpo_config(config, str(Path(config.run.output_dir) / CHECKPOINTS), grpo_overrides)
+    grpo_config = build_grpo_config(config, str(Path(config.run.output_dir) / CHECKPOINTS), grpo_arguments)
     return build_trainer(config, grpo_config, model, tokenizer, data, callbacks=[], trainer_class=trainer_class)

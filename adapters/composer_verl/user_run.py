@@ -18,7 +18,6 @@ from composer_verl.reward_function import reward_overrides
 
 MODEL = "actor_rollout_ref.model"
 # composer run.precision -> the param_dtype of VeRL's FSDP mixed precision (weights stay fp32, as TRL's amp keeps)
-PARAM_DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 PRECISION_KEYS = ("++actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype",
                   "++actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype")
 # run.report_to names whose logger VeRL's Tracking has under the same name (console is always on)
@@ -110,7 +109,7 @@ def run_settings(config: ComposerConfig) -> list[str]:
     lines = [f"data.max_prompt_length={run.max_prompt_length}", "data.truncation=left"] \
         if run.max_prompt_length is not None else []
     lines.append(f"{MODEL}.enable_gradient_checkpointing={hydra_value(run.gradient_checkpointing)}")
-    lines += [f"{key}={PARAM_DTYPES[run.precision]}" for key in PRECISION_KEYS]
+    lines += [f"{key}={run.precision}" for key in PRECISION_KEYS]
     return [*lines, f"trainer.logger={hydra_value(['console', *verl_loggers(run.report_to)])}"]
 
 
