@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
+from composer_core.replay.local_teacher import LocalHFTeacher
 from composer_core.replay.runner import ReplayOptions, replay_trace
-from composer_core.replay.teachers import LocalHFTeacher
 from composer_core.traces.contracts import Message, Provenance, Trace
 
 TEACHERS = 4

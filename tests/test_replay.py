@@ -29,6 +29,8 @@ from shared_data import TRACES
 from composer_core.errors import ConfigError, SpendCapReached, TeacherError
 from composer_core.replay import runner
 from composer_core.replay.cache import ReplayCache, cache_key
+from composer_core.replay.local_teacher import LocalHFTeacher
+from composer_core.replay.openai_teacher import OpenAICompatibleTeacher
 from composer_core.replay.pairs import (
     CHANNEL,
     TRACE_VOTER,
@@ -46,7 +48,7 @@ from composer_core.replay.runner import (
     select_steps,
 )
 from composer_core.replay.teacher_config import load_teachers
-from composer_core.replay.teachers import Budget, LocalHFTeacher, OpenAICompatibleTeacher
+from composer_core.replay.teachers import Budget
 from composer_core.traces.contracts import Message, Provenance, ToolCall, Trace
 from composer_core.traces.formats import parse_arguments
 from composer_core.traces.openai_messages import chat_message as ingest_message
@@ -399,7 +401,7 @@ def test_teacher_settings_that_break_waits_or_prices_are_refused(api: Api, setti
 def test_a_retry_after_of_an_hour_is_capped_and_said(api: Api, caplog: pytest.LogCaptureFixture) -> None:
     api.control("teacher-a", fail_429=2, retry_after="3600")
     teacher = api.teacher("teacher-a", max_retry_wait_s=0.05)
-    with caplog.at_level(logging.WARNING, logger="composer_core.replay.teachers"):
+    with caplog.at_level(logging.WARNING, logger="composer_core.replay.openai_teacher"):
         reply = asyncio.run(teacher.complete([{"role": "user", "content": "hi"}]))
     assert reply.attempts == 3
     waits = [record.getMessage() for record in caplog.records]

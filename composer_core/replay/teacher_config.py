@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from composer_core.config import describe
 from composer_core.documents import load_document
 from composer_core.errors import ConfigError
-from composer_core.replay.teachers import Budget, LocalHFTeacher, OpenAICompatibleTeacher, Teacher
+from composer_core.replay.local_teacher import LocalHFTeacher
+from composer_core.replay.openai_teacher import OpenAICompatibleTeacher
+from composer_core.replay.teachers import Budget, Teacher
 
 
 class _Spec(BaseModel):
