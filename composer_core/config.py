@@ -319,10 +319,21 @@ class RewardFunctionConfig(StrictModel):
     @field_validator("function")
     @classmethod
     def _reference(cls, reference: str) -> str:
-        module, _, name = reference.rpartition(":")
-        if not module or not name.isidentifier():
-            raise ValueError(f"{reference!r} is not 'package.module:function' or 'path/to/file.py:function'")
+        cls.split(reference)
         return reference
+
+    @staticmethod
+    def split(reference: str) -> tuple[str, str]:
+        """(module or file, function name) of a reference; a malformed one is a ConfigError (a ValueError)."""
+        location, _, name = reference.rpartition(":")
+        if not location or not name.isidentifier():
+            raise ConfigError(f"reward {reference!r} is not 'package.module:function' or 'path/to/file.py:function'")
+        return location, name
+
+    @staticmethod
+    def names_a_file(location: str) -> bool:
+        """A `.py` name or anything with a path separator is a file; anything else an importable module."""
+        return location.endswith(".py") or "/" in location or "\\" in location
 
 
 class RunConfig(StrictModel):

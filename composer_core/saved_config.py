@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from composer_core.config import ComposerConfig
+from composer_core.config import ComposerConfig, RewardFunctionConfig
 from composer_core.errors import ConfigError
 from composer_core.files import write_text_atomic
 
@@ -33,8 +33,8 @@ def _absolute_if_local(value: str | None) -> str | None:
 
 
 def _absolute_reward(reference: str) -> str:
-    module, _, name = reference.rpartition(":")
-    return f"{_absolute_if_local(module)}:{name}" if module.endswith(".py") else reference
+    location, name = RewardFunctionConfig.split(reference)
+    return f"{_absolute_if_local(location)}:{name}" if RewardFunctionConfig.names_a_file(location) else reference
 
 
 def saved_form(config: ComposerConfig, output_dir: Path) -> dict[str, Any]:

@@ -30,11 +30,6 @@ def local_or_given(location: str) -> str:
     return str(path.resolve()) if path.exists() else location
 
 
-def is_file_reference(module: str) -> bool:
-    """The rule composer_core.rewards.loading follows: a `.py` name or a path is a file, anything else a module."""
-    return module.endswith(".py") or "/" in module or "\\" in module
-
-
 def check_one_reward(rewards: list[RewardFunctionConfig]) -> RewardFunctionConfig:
     """The one reward function VeRL takes; several, a weight other than 1 or a metric name are refused."""
     if len(rewards) > 1:
@@ -54,7 +49,7 @@ def check_one_reward(rewards: list[RewardFunctionConfig]) -> RewardFunctionConfi
 def source_file(module: str) -> Path | None:
     """The .py file that defines `module` (a file reference or an importable module), if it is on this machine;
     finding a module's file imports its parent packages, never the module itself."""
-    if is_file_reference(module):
+    if RewardFunctionConfig.names_a_file(module):
         path = Path(module).expanduser()
         return path if path.is_file() else None
     try:
@@ -99,7 +94,7 @@ def signature_problem(function: ast.FunctionDef | ast.AsyncFunctionDef) -> str |
 
 def check_verl_signature(reward: RewardFunctionConfig) -> None:
     """Refuse a reward function, found on this machine, that VeRL's reward manager cannot call."""
-    module, _, name = reward.function.rpartition(":")
+    module, name = RewardFunctionConfig.split(reward.function)
     file = source_file(module)
     function = find_function(file, name) if file is not None else None
     problem = signature_problem(function) if function is not None else None
@@ -117,6 +112,6 @@ def reward_overrides(rewards: list[RewardFunctionConfig]) -> list[str]:
         return []
     reward = check_one_reward(rewards)
     check_verl_signature(reward)
-    module, _, name = reward.function.rpartition(":")
-    path = local_or_given(module) if is_file_reference(module) else f"pkg://{module}"
+    module, name = RewardFunctionConfig.split(reward.function)
+    path = local_or_given(module) if RewardFunctionConfig.names_a_file(module) else f"pkg://{module}"
     return [f"{REWARD_KEY}.path={hydra_value(path)}", f"{REWARD_KEY}.name={hydra_value(name)}"]

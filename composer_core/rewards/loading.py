@@ -53,11 +53,9 @@ def load_reward_functions(configs: Sequence[RewardFunctionConfig]) -> list[Named
 
 def load_function(reference: str) -> RewardFunction:
     """The callable a `module:function` or `file.py:function` reference names."""
-    location, _, attribute = reference.rpartition(":")
-    if not location or not attribute.isidentifier():
-        raise ConfigError(f"reward {reference!r} is not 'package.module:function' or 'path/to/file.py:function'")
-    is_file = location.endswith(".py") or "/" in location or "\\" in location
-    module = _file_module(location, reference) if is_file else _import_module(location, reference)
+    location, attribute = RewardFunctionConfig.split(reference)
+    load = _file_module if RewardFunctionConfig.names_a_file(location) else _import_module
+    module = load(location, reference)
     try:
         function = getattr(module, attribute)
     except AttributeError:
