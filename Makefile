@@ -24,8 +24,9 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "import composer_core, verl, trl, pytest, hypothesis"
 	touch $(SETUP_STAMP)
 
+# each demo run gets its own folder: a run folder is never reused (a rerun into it is refused without --resume)
 demo: setup
-	$(BIN)/composer-core train
+	$(BIN)/composer-core train --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup lint
 	$(BIN)/python -m pytest -n 2 --durations=10

@@ -14,7 +14,6 @@ import pytest
 
 pytest.importorskip("trl")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from shared_data import TRACES
 
 from composer_core.config import DEFAULT_JOB, ComposerConfig

@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("verl")
 
+from plugin_distributions import write_distribution
+
 pytestmark = pytest.mark.backend("verl")
 
 PLUGIN = """
@@ -61,18 +63,9 @@ print(json.dumps({"before": before, "warning": warning, "after": modes()}))
 """
 
 
-def install(site: Path, name: str) -> None:
-    """A minimal installed distribution `<name>-plugin` whose entry point `<name>` registers `twin_objective`."""
-    info = site / f"{name}_plugin-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[composer_core]\n{name} = {name}_plugin\n")
-    (site / f"{name}_plugin.py").write_text(PLUGIN)
-
-
 def test_a_plugin_name_conflict_is_a_loud_warning_and_its_advice_restores_the_modes(tmp_path: Path) -> None:
-    install(tmp_path, "first")
-    install(tmp_path, "second")
+    write_distribution(tmp_path, PLUGIN, "first")  # two plugins registering `twin_objective`
+    write_distribution(tmp_path, PLUGIN, "second")
     env = {key: value for key, value in os.environ.items() if key != "COMPOSER_CORE_PLUGINS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from plugin_distributions import write_distribution
 
 import composer_core
 from composer_core import ComposerConfig, ConfigError, PluginError
@@ -172,16 +173,6 @@ def test_autoload_setting_naming_a_missing_plugin_fails_clearly(example_site: Pa
 
 
 # --- failure modes ---------------------------------------------------------------------------------------------
-
-
-def write_distribution(site: Path, module_source: str, plugin: str = "broken") -> None:
-    """A minimal installed distribution `<plugin>-plugin` whose entry point `<plugin>` is the module
-    `<plugin>_plugin` with the source given."""
-    info = site / f"{plugin}_plugin-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {plugin}-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[composer_core]\n{plugin} = {plugin}_plugin\n")
-    (site / f"{plugin}_plugin.py").write_text(module_source)
 
 
 def test_plugin_that_fails_to_import_is_named_with_its_distribution(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def _read_gguf(file: Path) -> tuple[Any, Any]:
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError(f"model.path {file} is a GGUF file, and reading one needs the gguf package: pip install "
                           "'composer-core[trl]' (or pip install gguf)")
-    try:
+    try:  # transformers is not a core dependency (the trl extra): imported only when a GGUF file is converted
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         raise ConfigError(f"reading the GGUF file {file} needs transformers: pip install 'composer-core[trl]'") \

@@ -122,7 +122,8 @@ class LocalHFTeacher(Teacher):
 
 
 def _import_transformers(teacher: str) -> tuple[Any, Any]:
-    """transformers' auto classes, imported under the lock before any worker thread can race on them."""
+    """transformers' auto classes, imported under the lock before any worker thread can race on them. transformers
+    is not a core dependency (the replay extra): it is imported here, only when a local teacher is made."""
     with _LOCAL_LOCK:
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
