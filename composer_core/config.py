@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from composer_core.distill import Divergence, Support, Tail
 from composer_core.documents import load_document
 from composer_core.errors import ConfigError
 from composer_core.finite import non_finite_values
+from composer_core.guard.monitor import active_rules
+from composer_core.guard.settings import GuardConfig
 from composer_core.objectives.advantages import AdvantageEstimator
 from composer_core.objectives.aggregation import AggregationMode
 from composer_core.objectives.base import Objective, ObjectiveParams
@@ -25,18 +27,10 @@ from composer_core.objectives.kl import KLEstimator
 from composer_core.overrides import apply_overrides
 from composer_core.plugins import Registry, registries
 from composer_core.preference import PreferenceLoss
-
-if TYPE_CHECKING:
-    from composer_core.selfteach import RepromptSettings
+from composer_core.selfteach import RepromptSettings
+from composer_core.strict_model import StrictModel
 
 Scope = Literal["global", "local"]
-
-
-class StrictModel(BaseModel):
-    """Unknown keys are errors: a misspelt setting must never be silently ignored; `.inf` and NaN are refused
-    (YAML reads `.inf` and `.nan` as floats, and a non-finite rate or weight poisons every step)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _finite_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -74,8 +68,6 @@ def _settings(owner: str, registered: Objective | AdvantageEstimator, overrides:
 def reprompt_settings(context: Mapping[str, Any]) -> RepromptSettings:
     """`distill.context` validated against the settings model of the teacher-context builder that every backend
     uses; the error names the key and lists the accepted ones."""
-    from composer_core.selfteach import RepromptSettings  # selfteach builds on StrictModel: import when called
-
     try:
         return RepromptSettings.model_validate(dict(context))
     except ValidationError as error:
@@ -371,6 +363,8 @@ class ComposerConfig(StrictModel):
     reward: list[RewardFunctionConfig] = Field(default_factory=list, description="reward functions; empty: the "
                                                "built-in task's own")
     run: RunConfig = Field(default_factory=RunConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="the training guard (kill-switch); on by "
+                               "default, see docs/guard.md")
 
     @field_validator("reward", mode="before")
     @classmethod
@@ -379,6 +373,11 @@ class ComposerConfig(StrictModel):
         items = [value] if isinstance(value, str | Mapping) else value
         return [{"function": item} if isinstance(item, str) else item for item in items] \
             if isinstance(items, list) else value
+
+    @model_validator(mode="after")
+    def _guard_rules_registered(self) -> ComposerConfig:
+        active_rules(self.guard)  # a misspelt rule or threshold fails as the config loads, not as training starts
+        return self
 
     @model_validator(mode="after")
     def _reward_for_the_data(self) -> ComposerConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from composer_core.errors import BatchError
+from composer_core.errors import BatchError, NonFiniteError
 
 
 def as_bool_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -50,7 +50,7 @@ def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = No
     if bool(bad.any()):
         position = tuple(int(i) for i in bad.nonzero()[0].tolist())
         value = tensor.detach()[position].item()
-        raise BatchError(f"{name} holds a non-finite value ({value}) at position {position} inside the mask; "
+        raise NonFiniteError(f"{name} holds a non-finite value ({value}) at position {position} inside the mask; "
                          "check the forward pass that produced it (overflow in bf16, log of zero, a bad reward)")
 
 

@@ -13,6 +13,11 @@ class BatchError(ComposerError, ValueError):
     """A tensor handed to a loss has the wrong shape, dtype or values."""
 
 
+class NonFiniteError(BatchError):
+    """A loss input or the loss itself is NaN or infinite: the step must not be applied (the training guard
+    skips it and reports it; without a guard it stops the run)."""
+
+
 class PluginError(ComposerError):
     """A plugin failed to load, declared an unknown hook, or registered a duplicate name."""
 

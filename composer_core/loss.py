@@ -15,7 +15,7 @@ import torch
 from composer_core.config import ComposerConfig
 from composer_core.contracts import as_bool_mask, check_finite, check_token_batch
 from composer_core.distill import distill_per_token, importance_weight, on_mask, token_log_probs
-from composer_core.errors import BatchError, ConfigError
+from composer_core.errors import BatchError, ConfigError, NonFiniteError
 from composer_core.objectives.aggregation import Normaliser, aggregate, masked_mean
 from composer_core.objectives.base import PolicyBatch
 from composer_core.objectives.kl import kl_estimate
@@ -133,6 +133,8 @@ class ComposerLoss:
         token = resolved.objective.per_token(PolicyBatch(inputs.log_prob, old, advantages, mask), resolved.params)
         per_token = token.loss if inputs.rollout_weights is None else token.loss * inputs.rollout_weights
         metrics = {f"policy/{name}": masked_mean(stat, mask).item() for name, stat in token.stats.items()}
+        # -log p of the sampled tokens: on-policy, an unbiased estimate of the policy's entropy (the guard reads it)
+        metrics["policy/entropy_estimate"] = masked_mean(-inputs.log_prob.detach(), mask).item()
         kl = settings.kl
         if kl.coef > 0 and kl.placement == "loss":
             if inputs.ref_log_prob is None:
@@ -237,5 +239,5 @@ def _read_inside(inputs: PolicyInputs, mask: torch.Tensor) -> PolicyInputs:
 
 def _require_finite(channel: str, value: torch.Tensor) -> None:
     if not bool(torch.isfinite(value.detach())):
-        raise BatchError(f"the {channel} loss is {value.item()} although its inputs were finite inside the mask; "
+        raise NonFiniteError(f"the {channel} loss is {value.item()} although its inputs were finite inside the mask; "
                          "check extreme log-ratios (set a log_ratio_clamp) or a zero normaliser count")

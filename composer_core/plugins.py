@@ -60,6 +60,10 @@ class HookSpecs:
         """Register hint providers for self-distillation targets: `register(HintProvider(...))`."""
 
     @hookspec
+    def register_guard_rules(self, register: Register) -> None:
+        """Register training-guard rules: `register(GuardRule(...))` (composer_core.guard)."""
+
+    @hookspec
     def register_backends(self, register: Register) -> None:
         """Register training backends: `register(Backend(...))`."""
 
@@ -134,6 +138,7 @@ class Registries:
     preference_losses: Registry[Any]
     trace_formats: Registry[Any]
     hint_providers: Registry[Any]
+    guard_rules: Registry[Any]
     backends: Registry[Any]
 
     def all(self) -> dict[str, Registry[Any]]:
@@ -155,6 +160,7 @@ BUILTIN_MODULES = (
     "composer_core.traces.mini_swe_agent",
     "composer_core.traces.openhands",
     "composer_core.traces.hints",
+    "composer_core.guard.rules",
 )
 
 
@@ -257,6 +263,7 @@ HOOK_REGISTRIES = {
     "register_preference_losses": "preference_losses",
     "register_trace_formats": "trace_formats",
     "register_hint_providers": "hint_providers",
+    "register_guard_rules": "guard_rules",
     "register_backends": "backends",
 }
 
@@ -313,7 +320,7 @@ def collect(manager: pluggy.PluginManager, sources: dict[str, str]) -> Registrie
     """Call every plugin's hooks with a `register` callback bound to that plugin's name."""
     registries = Registries(Registry("objective"), Registry("advantage estimator"), Registry("divergence"),
                             Registry("preference loss"), Registry("trace format"), Registry("hint provider"),
-                            Registry("backend"))
+                            Registry("guard rule"), Registry("backend"))
     for hook_name, attribute in HOOK_REGISTRIES.items():
         registry = getattr(registries, attribute)
         for impl in getattr(manager.hook, hook_name).get_hookimpls():

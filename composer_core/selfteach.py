@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from composer_core.config import StrictModel
 from composer_core.errors import BatchError
+from composer_core.strict_model import StrictModel
 
 Message = dict[str, Any]
 Source = Literal["demonstration", "feedback", "hint"]

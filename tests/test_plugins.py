@@ -38,7 +38,7 @@ CORE_ROOT = Path(composer_core.__file__).resolve().parents[1]
 EXAMPLE_SOURCE = Path(__file__).resolve().parents[1] / "plugins" / "composer-example-objective"
 BUILTIN_PLUGIN = "composer_core.objectives.builtin"
 REGISTRY_HEADINGS = ("objectives", "advantage estimators", "divergences", "preference losses", "trace formats",
-                     "hint providers", "backends")
+                     "hint providers", "guard rules", "backends")
 
 
 def run_python(args: list[str], path: Path, plugins: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -118,6 +118,8 @@ def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Pa
     metrics = out / METRICS
     trainer = build_trainer(config, grpo_config, model, tokenizer, data,
                             callbacks=[MetricsFile(metrics, fresh=checkpoint is None), stop])
+    if trainer.guard is not None:
+        trainer.guard.report_folder = out
     eval_set = data.eval_set(config.run.max_completion_length)  # after the trainer's checks: a bad job stops first
     before = before_training_eval(trainer.model, tokenizer, eval_set)
     use_compact_console(trainer)
@@ -127,7 +129,9 @@ def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Pa
         print(f"{interrupt.signal.name} again: stopped mid-step; the model is saved as it is, the last complete "
               "checkpoint is the one to --resume from", file=sys.stderr)
     interrupted = stop.received is not None
-    final = save_model(trainer, tokenizer, out / ("interrupted" if interrupted else "final"))
+    guard = trainer.guard.summary() if trainer.guard is not None else None
+    name = "interrupted" if interrupted else "last_good" if guard and guard["stopped"] else "final"
+    final = save_model(trainer, tokenizer, out / name)
     after = None if interrupted or eval_set is None else after_training_eval(trainer, tokenizer, eval_set)
     complete = [path for path in checkpoints(out) if is_complete(path)]
     summary = {"eval_reward_before": before, "eval_reward_after": after,
@@ -135,7 +139,7 @@ def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Pa
                "max_steps": config.run.max_steps, "interrupted": interrupted,
                "signal": stop.received.name if stop.received is not None else None, "model": str(final),
                "checkpoint": str(complete[-1]) if complete else None,
-               "resumed_from": str(checkpoint) if checkpoint else None, "metrics": str(metrics),
+               "resumed_from": str(checkpoint) if checkpoint else None, "guard": guard, "metrics": str(metrics),
                "plot": str(plot_metrics(metrics, out / "metrics.png", before=before, after=after,
                                         before_step=checkpoint_step(checkpoint) if checkpoint else 0))}
     if trainer.targets is not None:  # every target used or skipped, and what the steps trained on

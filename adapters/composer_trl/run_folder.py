@@ -20,7 +20,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from composer_core.errors import ConfigError
 from composer_core.files import write_text_atomic
-from composer_trl.trainer import COMPOSER_STATE
 
 LOCK = "run.lock"
 CHECKPOINTS = "checkpoints"
@@ -28,6 +27,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 TRAINER_STATE = "trainer_state.json"  # written last by TRL into its checkpoint folder
 WRITTEN_FOLDERS = ("final", "interrupted", CHECKPOINTS)  # replaced by a run: an input must not lie in them
+COMPOSER_STATE = "composer_state.pt"  # beside TRL's files in each checkpoint folder
 COMPLETE = (TRAINER_STATE, COMPOSER_STATE)  # COMPOSER_STATE is added after it by ComposerGRPOTrainer
 
 

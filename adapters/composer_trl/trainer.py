@@ -10,7 +10,9 @@ the loss.
 
 from __future__ import annotations
 
+import math
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,15 +32,18 @@ from composer_core import (
     compute_advantages,
 )
 from composer_core.distill import token_log_probs
-from composer_core.errors import ConfigError
+from composer_core.errors import ConfigError, NonFiniteError
 from composer_core.files import atomic_output
+from composer_core.guard import Guard
 from composer_core.objectives.kl import kl_estimate
 from composer_core.selfteach import RepromptSettings, build_teacher_contexts
 from composer_trl.feedback import FeedbackRecorder
 from composer_trl.grpo_mapping import composer_config_from_grpo, grpo_overrides, trl_normaliser
+from composer_trl.guard_callback import TrainingGuard, is_non_finite_sampling
 from composer_trl.lora import student_adapter_only
 from composer_trl.preference_mixer import PreferenceMixer, preference_batch
 from composer_trl.prompt_length import TRUNCATED_METRIC, truncate_prompt_ids
+from composer_trl.run_folder import COMPOSER_STATE
 from composer_trl.teacher_context import TeacherBatch, pad_id, tokenize_teacher_batch
 from composer_trl.teacher_weights import TeacherWeights, frozen_copy
 from composer_trl.trainer_from_config import trainer_from_config, warn_unused_sections
@@ -47,7 +52,6 @@ if TYPE_CHECKING:  # the targets modules render chat messages; the trainer only 
     from composer_trl.job_targets import JobTargets
     from composer_trl.off_policy_distill import OffPolicyTargets
 
-COMPOSER_STATE = "composer_state.pt"  # beside TRL's files in each checkpoint folder
 UNSUPPORTED_TRL_SETTINGS = {  # TRL features that live inside TRL's own loss, which this trainer replaces
     "top_entropy_quantile": 1.0, "off_policy_mask_threshold": None, "entropy_coef": 0.0,
     "use_adaptive_entropy": False, "delta": None,
@@ -154,6 +158,10 @@ class ComposerGRPOTrainer(GRPOTrainer):
         elif preference_dataset is not None:
             raise ConfigError("a preference_dataset was given but the preference channel is off (weight or beta 0)")
         self.add_callback(ComposerCheckpoint(self))
+        self.guard = TrainingGuard(self, Guard(config.guard)) if self.explicit_config and config.guard.enabled \
+            else None
+        if self.guard is not None:
+            self.add_callback(self.guard)
 
     @classmethod
     def from_config(cls, config: ComposerConfig, model: Any = None, tokenizer: Any = None,
@@ -171,10 +179,10 @@ class ComposerGRPOTrainer(GRPOTrainer):
                 "targets": self.off_policy_targets.state_dict() if self.off_policy_targets is not None else None,
                 "preference": self.preference.state_dict() if self.preference is not None else None}
 
-    def save_composer_state(self, checkpoint: Path) -> None:
-        """Write `composer_state()` into a checkpoint folder, atomically."""
+    def save_composer_state(self, checkpoint: Path, state: dict[str, Any] | None = None) -> None:
+        """Write `state` (default: `composer_state()`) into a checkpoint folder, atomically."""
         with atomic_output(checkpoint / COMPOSER_STATE, what="composer checkpoint state", binary=True) as stream:
-            torch.save(self.composer_state(), stream)
+            torch.save(self.composer_state() if state is None else state, stream)
 
     def load_composer_state(self, checkpoint: Path) -> None:
         """Restore the teacher and the preference and targets cycles from a checkpoint written by this trainer."""
@@ -210,6 +218,27 @@ class ComposerGRPOTrainer(GRPOTrainer):
                     raise ConfigError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
             self.load_composer_state(Path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # ---- the training guard's view of each step --------------------------------------------------------------------
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        """TRL's step. With the guard on, a non-finite loss (or sampling from diverged weights) is reported to it
+        as a NaN loss instead of ending the run, and the guard does not apply the step."""
+        if self.guard is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except NonFiniteError as error:
+            print(f"step {self.state.global_step + 1}: {error}", file=sys.stderr)
+            loss = torch.tensor(math.nan)
+        self.guard.record_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self.guard is not None:
+            self.guard.record_grad_norm(grad_norm)
+        return grad_norm
 
     # ---- set-up: checks before any step, and the preference channel ------------------------------------------------
 
@@ -310,7 +339,12 @@ class ComposerGRPOTrainer(GRPOTrainer):
         the target rows' mask and zero advantages, and the teacher's rows."""
         if self.on_policy_targets is not None:
             self.on_policy_targets.begin_batch(inputs)
-        output = super()._generate_and_score_completions(inputs)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        except RuntimeError as error:
+            if self.guard is None or not is_non_finite_sampling(error):
+                raise
+            raise NonFiniteError(f"sampling met non-finite probabilities: {error}") from error
         if self.explicit_config:
             output["advantages"] = self._composer_advantages(output)
         if self.on_policy_targets is not None:

@@ -1,8 +1,8 @@
 """The `composer` config group of a VeRL job (`+composer.*` hydra overrides), read and checked on the driver.
 
-The group holds what VeRL's own config cannot: objective and estimator settings VeRL has no key for, and the
-self-distillation channel. Everything VeRL carries stays in VeRL's keys; repeating it here is an error naming
-the VeRL key, so one number never has two sources. Checked before any worker starts.
+The group holds what VeRL's own config cannot: objective and estimator settings VeRL has no key for, the
+self-distillation channel and the training guard. Everything VeRL carries stays in VeRL's keys; repeating it here
+is an error naming the VeRL key, so one number never has two sources. Checked before any worker starts.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
+from composer_core.guard import GuardConfig, active_rules
 from composer_verl.overrides import check_runnable
 from composer_verl.policy_loss import LOSS_MODE_PREFIX
 
-GROUP_SECTIONS = {"policy", "distill"}
+GROUP_SECTIONS = {"policy", "distill", "guard"}
 VERL_OWNED = {"policy.kl": "actor_rollout_ref.actor.use_kl_loss / kl_loss_coef / kl_loss_type (or algorithm."
                              "use_kl_in_reward)",
               "policy.objective.aggregation": "actor_rollout_ref.actor.loss_agg_mode",
@@ -62,6 +63,7 @@ def composer_settings(config: DictConfig) -> tuple[ComposerConfig, dict[str, Any
     group = group_mapping(config)
     composer = ComposerConfig.from_mapping(group, source="the composer config group (+composer.*)")
     check_runnable(composer)
+    check_guard(composer.guard)
     distill = composer.distill
     if distill.weight > 0:
         if distill.teacher not in VERL_TEACHERS:
@@ -81,3 +83,13 @@ def composer_settings(config: DictConfig) -> tuple[ComposerConfig, dict[str, Any
             raise ConfigError("VeRL's own distillation (distillation.enabled) and composer self-distillation both "
                               "set the actor's loss: enable one of them")
     return composer, group
+
+
+def check_guard(guard: GuardConfig) -> None:
+    """Rule names and thresholds checked on the driver; the in-memory snapshot cadence has no meaning on VeRL, whose
+    checkpoints are the guard's snapshots."""
+    active_rules(guard)
+    if "snapshot_every" in guard.model_fields_set:
+        raise ConfigError("composer.guard.snapshot_every is not read on VeRL: the guard goes back to VeRL's own "
+                          "checkpoints (the last one confirmed good), so set trainer.save_freq for how often there "
+                          "is one")

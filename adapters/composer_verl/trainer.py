@@ -6,12 +6,14 @@ VeRL's synchronous trainer, plus:
   reward feedback and dataset hints, one actor forward on them with the teacher's weights, and the teacher's
   top-K stored with each sample;
 - the update runs with VeRL's logits-processor flag on, so the loss sees the student's logits;
-- after the update the teacher moves toward the policy (EMA) or stays (frozen, live).
+- after the update the teacher moves toward the policy (EMA) or stays (frozen, live);
+- once a step's metrics are complete, the training guard judges it and acts (composer_verl.guard_hook).
 The actor role runs `ComposerActorWorker`, VeRL's worker with the teacher forward and update added.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -21,6 +23,7 @@ import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.replay_buffer import DAPO_FILTERED_REWARD_COUNTS_KEY
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.config import omega_conf_to_dataclass
@@ -32,6 +35,7 @@ from composer_core.selfteach import RepromptSettings, TeacherContext, build_teac
 from composer_verl.actor_settings import objective_params
 from composer_verl.composite_loss import STUDENT_PASS, SUPPORT_IDS, TEACHER_PASS, ComposerActorLoss, topk_keys
 from composer_verl.group import composer_settings
+from composer_verl.guard_hook import GuardHook, GuardStopped
 from composer_verl.teacher_pass import (
     messages_of,
     response_columns,
@@ -71,6 +75,9 @@ class ComposerTrainer(PPOTrainerSync):
         resolved = self.composer.policy.objective.resolve()
         objective_params(resolved.objective, actor, self.composer.policy.objective.params)  # refuse conflicts now
         self.empty_distill_steps = 0
+        guard = self.composer.guard
+        self.guard_hook = GuardHook(guard, config.trainer.default_local_dir, self._restore_checkpoint) \
+            if guard.enabled else None
         super().__init__(config)
 
     @property
@@ -217,3 +224,53 @@ class ComposerTrainer(PPOTrainerSync):
         metrics.update(reduce_metrics(output))
         self.actor_rollout_wg.update_teacher()
         return batch
+
+    # ------------------------------------------------------------ guard
+
+    def _step_folder(self, step: int) -> str:
+        """Where VeRL's _save_checkpoint puts the state after `step` updates."""
+        return os.path.join(self.config.trainer.default_local_dir, f"global_step_{step}")
+
+    def _save_checkpoint(self) -> None:
+        super()._save_checkpoint()
+        if self.guard_hook is not None:
+            self.guard_hook.saved(self.global_steps, self._step_folder(self.global_steps))
+
+    def _load_checkpoint(self) -> None:
+        """VeRL's resume; the checkpoint resumed from is judged by the first step, like one saved by this run."""
+        super()._load_checkpoint()
+        if self.guard_hook is not None and self.global_steps > 0:
+            trainer = self.config.trainer
+            resumed = trainer.resume_from_path if trainer.resume_mode == "resume_path" else \
+                self._step_folder(self.global_steps)
+            self.guard_hook.saved(self.global_steps, str(resumed))
+
+    def _compute_metrics(self, batch: KVBatchMeta, metrics: dict, timing_raw: dict, global_steps: int,
+                         epoch: int) -> None:
+        """VeRL's metrics of the step, then the guard's judgement of them (they are complete only here)."""
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        if self.guard_hook is not None:
+            self._guard(self.guard_hook, global_steps, metrics)
+
+    def _guard(self, hook: GuardHook, step: int, metrics: dict) -> None:
+        """Observe the step; VeRL's loop logs the metrics after this call, so a stop logs them before ending it."""
+        try:
+            hook.observe(step, metrics)
+        except GuardStopped:
+            metrics.pop(DAPO_FILTERED_REWARD_COUNTS_KEY, None)
+            self.logger.log(data=metrics, step=step)
+            raise
+        if step >= self.total_training_steps:
+            hook.write_report()
+
+    def _restore_checkpoint(self, folder: str, lr_scale: float) -> float:
+        """The guard's rollback, in the order of VeRL's own resume: rollout replicas asleep, the actor (with the
+        composer teacher) and critic loaded by their workers, the actor's learning rate scaled, the restored
+        weights synced to the replicas. The data loader keeps its position: the run moves on to new prompts."""
+        self.checkpoint_manager.sleep_replicas()
+        self.actor_rollout_wg.load_checkpoint(local_path=os.path.join(folder, "actor"))
+        if self.use_critic:
+            self.critic_wg.load_checkpoint(local_path=os.path.join(folder, str(Role.Critic)))
+        rates = self.actor_rollout_wg.scale_learning_rate(lr_scale)
+        self.checkpoint_manager.update_weights(self.global_steps)
+        return float(rates[0] if isinstance(rates, list) else rates)

@@ -1,4 +1,5 @@
-"""VeRL's actor worker with the two methods the composer trainer needs: a teacher forward and a teacher update.
+"""VeRL's actor worker with the methods the composer trainer needs: a teacher forward and a teacher update, and
+the guard's learning-rate change after a rollback.
 
 The trainer puts this class in place of `ActorRolloutRefWorker` for the actor role (VeRL's trainer exposes
 the role -> worker-class mapping for that); everything else is VeRL's worker unchanged.
@@ -14,6 +15,7 @@ from tensordict import TensorDict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from composer_verl.learning_rate import scale_learning_rate
 from composer_verl.teacher_weights import SHADOW_TEACHERS, TeacherShadow
 
 
@@ -52,9 +54,17 @@ class ComposerActorWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, local_path: str, hdfs_path: str | None = None, del_local_after_load: bool = False
                         ) -> None:
-        """VeRL loads the actor before the trainer makes the teacher copy: remember where to resume it from."""
+        """VeRL loads the actor before the trainer makes the teacher copy: remember where to resume it from. A load
+        after that (the guard's rollback) takes the saved teacher back at once."""
         super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
         self.resumed_from = local_path
+        if self.teacher is not None and self._teacher_file(local_path).exists():
+            self.teacher.load(self._teacher_file(local_path))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def scale_learning_rate(self, scale: float) -> float:
+        """The actor's learning rate set to `scale` x the configured one (composer_verl.learning_rate)."""
+        return scale_learning_rate(self.actor.engine.optimizer, self.actor.engine.lr_scheduler, scale)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def update_teacher(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from composer_core.config import DEFAULT_JOB, ComposerConfig  # DEFAULT_JOB: also what `config` shows
 from composer_core.errors import ConfigError
+from composer_core.guard import GUARD_EXIT_CODE
 from composer_core.plugins import registries
 
 
@@ -23,7 +24,10 @@ def job_config(args: argparse.Namespace) -> ComposerConfig:
 
 
 def exit_code(summary: dict[str, Any]) -> int:
-    """0 for a finished run; for one stopped by a signal, 128 + its number as a shell reports it (130 Ctrl-C)."""
+    """0 for a finished run; GUARD_EXIT_CODE (3) for one the training guard stopped; for one stopped by a signal,
+    128 + its number as a shell reports it (130 Ctrl-C)."""
+    if (summary.get("guard") or {}).get("stopped"):
+        return GUARD_EXIT_CODE
     if not summary.get("interrupted"):
         return 0
     name = summary.get("signal")
@@ -33,6 +37,11 @@ def exit_code(summary: dict[str, Any]) -> int:
 def eval_line(summary: dict[str, Any]) -> str:
     """The one stdout line of a run: its eval reward before and after, or why one was not measured."""
     before, after = summary["eval_reward_before"], summary["eval_reward_after"]
+    stop = (summary.get("guard") or {}).get("stop")
+    if stop:
+        return (f"stopped by the training guard at step {stop['step']}: {stop['message']}; the last good state (step "
+                f"{stop['last_good_step']}) is {stop['checkpoint']}, eval reward {before} -> {after} "
+                f"(see {summary['guard']['report']})")
     if before is None:
         return "eval reward: not measured: data.eval is not set (no held-out prompts)"
     if after is None:
