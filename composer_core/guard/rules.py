@@ -167,12 +167,12 @@ NOISE_STEPS = 100  # the step-to-step noise is estimated over this many latest s
 
 def step_noise(rewards: list[float]) -> float:
     """The standard deviation of one step's reward around its level, from the mean absolute difference of
-    successive steps (a moving level, a collapse included, adds one difference, not a spread); 0 with fewer than
+    successive steps without the largest one (a collapse is one large difference, not noise); 0 with fewer than
     3 steps. For normal noise E|a - b| = 2 sigma / sqrt(pi)."""
     recent = [value for value in rewards[-NOISE_STEPS:] if is_finite(value)]
     if len(recent) < 3:
         return 0.0
-    differences = [abs(b - a) for a, b in itertools.pairwise(recent)]
+    differences = sorted(abs(b - a) for a, b in itertools.pairwise(recent))[:-1]
     return sum(differences) / len(differences) * math.sqrt(math.pi) / 2
 
 
