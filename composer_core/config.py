@@ -307,6 +307,13 @@ class RewardFunctionConfig(StrictModel):
     weight: float = Field(1.0, description="its weight in the summed reward")
     name: str | None = Field(None, pattern=r"^[\w.-]+$", description="the name its metrics are logged under "
                              "(letters, digits, _ . -); None: the function's own name")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments the function is called with "
+                                   "(VeRL: custom_reward_function.reward_kwargs), e.g. a sandbox's settings")
+
+    @field_validator("params")
+    @classmethod
+    def _params_finite(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return _finite_settings(params)
 
     @field_validator("function")
     @classmethod

@@ -114,4 +114,7 @@ def reward_overrides(rewards: list[RewardFunctionConfig]) -> list[str]:
     check_verl_signature(reward)
     module, name = RewardFunctionConfig.split(reward.function)
     path = local_or_given(module) if RewardFunctionConfig.names_a_file(module) else f"pkg://{module}"
-    return [f"{REWARD_KEY}.path={hydra_value(path)}", f"{REWARD_KEY}.name={hydra_value(name)}"]
+    overrides = [f"{REWARD_KEY}.path={hydra_value(path)}", f"{REWARD_KEY}.name={hydra_value(name)}"]
+    if reward.params:  # VeRL passes reward_kwargs to the function as keyword arguments
+        overrides.append(f"+{REWARD_KEY}.reward_kwargs={hydra_value(reward.params)}")
+    return overrides

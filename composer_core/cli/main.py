@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from composer_core.cli.model import add_model_commands
+from composer_core.cli.sandbox import add_sandbox_commands
 from composer_core.cli.traces import add_traces_commands
 from composer_core.cli.train import add_train_command
 from composer_core.config import DEFAULT_JOB, ComposerConfig
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show ComposerConfig()'s defaults (composer channels off) instead of the train job")
     config.set_defaults(run=config_command)
     add_model_commands(commands)
+    add_sandbox_commands(commands)
     add_traces_commands(commands)
     add_train_command(commands)
     return parser

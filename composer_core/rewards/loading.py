@@ -8,6 +8,7 @@ an exception), a name that is not callable and an async function are ConfigError
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -43,12 +44,28 @@ def load_reward_functions(configs: Sequence[RewardFunctionConfig]) -> list[Named
     for config in configs:
         function = load_function(config.function)
         name = config.name or getattr(function, "__name__", type(function).__name__)
+        if config.params:
+            function = with_params(function, config.params, name)
         for other in loaded:
             if other.name == name:
                 raise ConfigError(f"reward functions {other.reference!r} and {config.function!r} are both named "
                                   f"{name!r} (metrics are logged by name): give one of them `name: ...`")
         loaded.append(NamedReward(function, config.weight, name, config.function))
     return loaded
+
+
+def with_params(function: RewardFunction, params: dict[str, Any], name: str) -> RewardFunction:
+    """`function` called with `params` as keyword arguments too (a reward function's own settings); a setting the
+    function cannot take is refused now, not at the first step."""
+    try:
+        inspect.signature(function).bind_partial(**params)
+    except TypeError as error:
+        raise ConfigError(f"reward {name!r}: params {sorted(params)} do not fit its signature: {error}") from None
+    except ValueError:  # a builtin without a signature: let the call decide
+        pass
+    bound = functools.partial(function, **params)
+    functools.update_wrapper(bound, function)
+    return bound
 
 
 def load_function(reference: str) -> RewardFunction:
