@@ -106,3 +106,13 @@ def test_the_healthy_default_job_trips_nothing(tmp_path: Path) -> None:
     assert guard["findings"] == [] and guard["skipped_steps"] == [] and guard["rollbacks"] == []
     assert guard["last_good_step"] == guard["steps_observed"] - 1  # every step was judged good
     assert "guard:" not in result.stderr
+
+
+def test_the_overhead_benchmark_measures_both_arms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # benchmarks/ is beside composer_core/
+    from benchmarks import guard_training
+
+    assert guard_training.main(["--quick", "--output", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "guard_training.json").read_text())["result"]
+    assert result["median_step_s_off"] > 0 and result["median_step_s_on"] > 0
+    assert result["ratio"] == pytest.approx(result["median_step_s_on"] / result["median_step_s_off"])

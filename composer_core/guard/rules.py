@@ -250,20 +250,20 @@ def check_distill_coverage_lost(history: MetricHistory, params: Params) -> Verdi
                        {"distill_coverage": 0.0})
 
 
+def at_least_fraction(history: MetricHistory, name: str, params: Params, what: str) -> Verdict | None:
+    """A streak of steps where metric `name` is at least `fraction` (a share of the batch)."""
+    count, since = streak(history, name, lambda values, index: values[index] >= params["fraction"])
+    return from_streak(count, since, params["patience"], f"at least {params['fraction']:.0%} of {what}",
+                       {name: history.current(name) or 0.0})
+
+
 def check_all_truncated(history: MetricHistory, params: Params) -> Verdict | None:
-    count, since = streak(history, "truncated_fraction",
-                          lambda values, index: values[index] >= params["fraction"])
-    return from_streak(count, since, params["patience"], f"at least {params['fraction']:.0%} of the completions "
-                       "were cut at the length limit", {"truncated_fraction": history.current("truncated_fraction")
-                                                         or 0.0})
+    return at_least_fraction(history, "truncated_fraction", params,
+                             "the completions were cut at the length limit")
 
 
 def check_no_learning_signal(history: MetricHistory, params: Params) -> Verdict | None:
-    count, since = streak(history, "zero_std_fraction",
-                          lambda values, index: values[index] >= params["fraction"])
-    return from_streak(count, since, params["patience"], f"at least {params['fraction']:.0%} of the groups had "
-                       "equal rewards (no advantage)", {"zero_std_fraction": history.current("zero_std_fraction")
-                                                        or 0.0})
+    return at_least_fraction(history, "zero_std_fraction", params, "the groups had equal rewards (no advantage)")
 
 
 PATIENCE = "consecutive steps the condition must hold before the rule fires"
