@@ -191,7 +191,7 @@ def _wanted_names(setting: str, installed: list[str]) -> set[str]:
     wanted = {name.strip() for name in setting.split(",") if name.strip()}
     if not wanted:
         raise PluginError(f"{AUTOLOAD_ENV} is set but names no plugin ({setting!r}): unset it to load every installed "
-                          f"plugin, set it to 'none' to load no entry point (not even the trl/verl backends), or name "
+                          f"plugin, set it to 'none' to load no entry point (not even the own backends), or name "
                           f"the plugins to load, comma-separated (installed: {installed or 'none'})")
     if "none" in wanted and wanted != {"none"}:
         raise PluginError(f"{AUTOLOAD_ENV}={setting!r} mixes 'none' with plugin names: give either 'none' or the "
