@@ -63,6 +63,7 @@ def test_train_writes_metrics_checkpoint_and_summary(tmp_path: Path) -> None:
     assert summary["eval_reward_before"] is not None and summary["eval_reward_after"] is not None
     assert "eval reward:" in done.stdout
     assert (out / "config.json").is_file() and (out / "torchtune.yaml").is_file()
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG" and summary["plot"] == str(out / "metrics.png")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2]
     again = cli("train", "--backend", "torchtune", "--output-dir", str(out), *SHORT)

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from composer_trl.plots import EVAL_SERIES, chosen_panels, plot_metrics, read_series, smoothed, with_eval_points
+from composer_core.plots import EVAL_SERIES, chosen_panels, plot_metrics, read_series, smoothed, with_eval_points
 
 
 def write_metrics(path: Path, rows: list[dict]) -> Path:

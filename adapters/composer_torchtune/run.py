@@ -23,6 +23,7 @@ from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
 from composer_core.files import write_text_atomic
 from composer_core.guard import GUARD_EXIT_CODE, REPORT_FILE
+from composer_core.plots import plot_metrics
 from composer_core.saved_config import save_run_config
 from composer_torchtune.native_config import RECIPE, recipe_config
 
@@ -81,6 +82,7 @@ def write_summary(out: Path, config: ComposerConfig, code: int) -> dict[str, Any
                "steps": steps, "max_steps": config.run.max_steps, "interrupted": False, "signal": None,
                "model": str(saved[-1]) if saved else None, "checkpoint": str(saved[-1]) if saved else None,
                "metrics": str(out / "metrics.jsonl"), "recipe_config": str(out / RECIPE_CONFIG),
+               "plot": str(plot_metrics(out / "metrics.jsonl", out / "metrics.png", before=None, after=None)),
                "guard": {"stopped": stopped, "stop": (guard or {}).get("stopped"), "report": str(report)}
                if guard else None}
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2), what="run summary")

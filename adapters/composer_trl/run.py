@@ -21,6 +21,7 @@ from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
 from composer_core.files import atomic_directory, write_text_atomic
 from composer_core.models import resolve_model_folder
+from composer_core.plots import plot_metrics
 from composer_core.replay.pairs import pairs_to_dataset, read_pairs_jsonl
 from composer_core.saved_config import check_resumed_config, save_run_config
 from composer_trl.console import header, quiet_loading_bars, use_compact_console
@@ -30,7 +31,6 @@ from composer_trl.job_data import JobData, job_data, with_reward_weights
 from composer_trl.job_targets import job_targets
 from composer_trl.lora import lora_peft_config, save_trained_model
 from composer_trl.model_folder import check_model_folder, load_model
-from composer_trl.plots import plot_metrics
 from composer_trl.run_folder import (
     CHECKPOINTS,
     METRICS,

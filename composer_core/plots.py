@@ -1,5 +1,8 @@
 """metrics.png: the run's metrics as a grid of panels, each drawn only when it carries information.
 
+Every backend's metric names have a place: TRL's (`reward`, `composer/...`), and the names the torchtune recipe
+logs (the guard's canonical `reward_mean`, the core loss's `policy/...`). matplotlib is needed only to draw.
+
 Each training series is drawn faint as logged and solid after smoothing (an exponential moving average); eval
 points (`eval/reward` rows and the before/after measurements) are markers joined by a line, told apart from the
 sampled training reward. A series whose values never change, or that is absent, is not drawn, and a panel with
@@ -12,16 +15,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
-
+from composer_core.errors import ConfigError
 from composer_core.files import atomic_output
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 Series = list[tuple[int, float]]
-EVAL_KEY = "eval/reward"  # the job's periodic eval rows (composer_trl.evaluation)
+EVAL_KEYS = ("eval/reward", "eval_reward")  # periodic eval rows: TRL's job (composer_trl.evaluation), torchtune's
 EVAL_SERIES = "eval reward"  # the eval rows plus the before/after points
 COLUMNS = 3
 
@@ -34,24 +37,34 @@ class Panel:
 
 
 PANELS = (
-    Panel("reward", "mean reward", (("reward", "train (sampled)"), (EVAL_SERIES, "eval (held-out, greedy)"))),
-    Panel("loss by channel", "loss", (("composer/policy/loss", "policy"),
+    Panel("reward", "mean reward", (("reward", "train (sampled)"), ("reward_mean", "train (sampled)"),
+                                    (EVAL_SERIES, "eval (held-out, greedy)"))),
+    Panel("loss by channel", "loss", (("composer/policy/loss", "policy"), ("policy/loss", "policy"),
                                       ("composer/distill/loss", "self-distillation"),
+                                      ("distill/loss", "self-distillation"),
                                       ("composer/preference/loss", "trace-replay DPO"),
-                                      ("composer/loss/total", "total"))),
-    Panel("completion length", "tokens", (("completions/mean_length", "mean"), ("completions/max_length", "max"),
-                                          ("completions/min_length", "min"))),
+                                      ("composer/loss/total", "total"), ("loss/total", "total"))),
+    Panel("completion length", "tokens", (("completions/mean_length", "mean"), ("response_length", "mean"),
+                                          ("completions/max_length", "max"), ("completions/min_length", "min"))),
     Panel("truncation", "fraction of samples", (("completions/clipped_ratio", "completions cut at max length"),
+                                               ("truncated_fraction", "completions cut at max length"),
                                                ("composer/prompts/truncated_fraction", "prompts cut at max length"))),
-    Panel("KL and policy drift", "value", (("composer/policy/kl", "KL to reference"),
+    Panel("KL and policy drift", "value", (("composer/policy/kl", "KL to reference"), ("kl", "KL to reference"),
                                            ("composer/policy/approx_kl", "approx KL to old policy"),
-                                           ("composer/policy/clipfrac", "clipped fraction"))),
+                                           ("policy/approx_kl", "approx KL to old policy"),
+                                           ("composer/policy/clipfrac", "clipped fraction"),
+                                           ("policy/clipfrac", "clipped fraction"))),
     Panel("gradient norm", "norm", (("grad_norm", "grad norm"),)),
     Panel("self-distillation", "fraction", (("composer/distill/coverage", "SD mask coverage"),
+                                            ("distill/coverage", "SD mask coverage"),
                                             ("composer/distill/empty_mask", "empty SD mask"),
+                                            ("distill/empty_mask", "empty SD mask"),
                                             ("composer/teacher/demonstration_fraction", "teacher saw a solution"),
+                                            ("self_distillation/demonstration_fraction", "teacher saw a solution"),
                                             ("composer/teacher/feedback_fraction", "teacher saw feedback"),
-                                            ("composer/teacher/hint_fraction", "teacher saw a hint"))),
+                                            ("self_distillation/feedback_fraction", "teacher saw feedback"),
+                                            ("composer/teacher/hint_fraction", "teacher saw a hint"),
+                                            ("self_distillation/hint_fraction", "teacher saw a hint"))),
 )
 
 
@@ -71,7 +84,7 @@ def with_eval_points(series: dict[str, Series], before: float | None, after: flo
                      before_step: int = 0) -> dict[str, Series]:
     """The series plus EVAL_SERIES: the eval rows, the before point at `before_step` (where training started: 0,
     or the checkpoint a resumed run continued from) and the after point at the last step."""
-    points = list(series.get(EVAL_KEY, []))
+    points = [point for key in EVAL_KEYS for point in series.get(key, [])]
     if before is not None:
         points.append((before_step, before))
     if after is not None:
@@ -104,7 +117,7 @@ def smoothed(values: list[float]) -> list[float]:
     return out
 
 
-def draw(axis: plt.Axes, series: dict[str, Series], keys: list[tuple[str, str]]) -> None:
+def draw(axis: Axes, series: dict[str, Series], keys: list[tuple[str, str]]) -> None:
     for key, label in keys:
         steps, values = zip(*series[key], strict=True)
         if key == EVAL_SERIES:
@@ -114,8 +127,21 @@ def draw(axis: plt.Axes, series: dict[str, Series], keys: list[tuple[str, str]])
         axis.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files only; a clear error when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("metrics.png needs matplotlib: pip install matplotlib (the trl extra brings it)") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_metrics(metrics: Path, png: Path, *, before: float | None, after: float | None, before_step: int = 0) -> Path:
     """Draw the run's metrics into `png`, written atomically (None `after`: not measured, the run was stopped)."""
+    plt = pyplot()
     series = with_eval_points(read_series(metrics), before, after, before_step)
     panels = chosen_panels(series)
     rows = max(1, math.ceil(len(panels) / COLUMNS))
