@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from composer_core.diloco_settings import DilocoConfig
 from composer_core.distill import Divergence, Support, Tail
 from composer_core.documents import load_document
 from composer_core.errors import ConfigError
@@ -372,6 +373,8 @@ class ComposerConfig(StrictModel):
     run: RunConfig = Field(default_factory=RunConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig, description="the training guard (kill-switch); on by "
                                "default, see docs/guard.md")
+    diloco: DilocoConfig = Field(default_factory=DilocoConfig, description="the DiLoCo outer loop of the diloco "
+                                 "backend (replicas on several clusters); ignored by the other backends")
 
     @field_validator("reward", mode="before")
     @classmethod

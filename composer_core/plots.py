@@ -160,10 +160,15 @@ def plot_metrics(metrics: Path, png: Path, *, before: float | None, after: float
         steps = len({step for values in series.values() for step, _ in values})
         axes.flat[0].text(0.5, 0.5, f"no metric changed over the {steps} logged step(s)", ha="center", va="center")
     figure.suptitle(f"{metrics.parent.name}: faint = as logged, solid = smoothed", fontsize=9)
+    return save_figure(figure, png, metrics)
+
+
+def save_figure(figure: Any, png: Path, metrics: Path) -> Path:
+    """Write `figure` into `png` atomically (never over the metrics it was drawn from), then free it."""
     figure.tight_layout()
     try:
         with atomic_output(png, inputs=[metrics], what="metrics plot", binary=True) as stream:
             figure.savefig(stream, dpi=100, format="png")
     finally:
-        plt.close(figure)
+        pyplot().close(figure)
     return png

@@ -21,6 +21,7 @@ from composer_core.config import ComposerConfig
 from composer_core.errors import ConfigError
 from composer_core.files import atomic_directory, write_text_atomic
 from composer_core.models import resolve_model_folder
+from composer_core.outer_loop import OuterLoop
 from composer_core.plots import plot_metrics
 from composer_core.replay.pairs import pairs_to_dataset, read_pairs_jsonl
 from composer_core.saved_config import check_resumed_config, save_run_config
@@ -31,6 +32,7 @@ from composer_trl.job_data import JobData, job_data, with_reward_weights
 from composer_trl.job_targets import job_targets
 from composer_trl.lora import lora_peft_config, save_trained_model
 from composer_trl.model_folder import check_model_folder, load_model
+from composer_trl.outer_loop import OuterLoopCallback
 from composer_trl.run_folder import (
     CHECKPOINTS,
     METRICS,
@@ -71,12 +73,14 @@ def model_path_of(config: ComposerConfig) -> Path:
     return check_model_folder(resolve_model_folder(config.model.path) if config.model.path else EMBEDDED_MODEL)
 
 
-def run_job(config: ComposerConfig, *, output_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
+def run_job(config: ComposerConfig, *, output_dir: str | None = None, resume: bool = False,
+            outer_loop: OuterLoop | None = None) -> dict[str, Any]:
     """Train, evaluate before and after, and write metrics.jsonl, metrics.png and summary.json.
 
     One run per output folder (a lock file); a folder holding an earlier run is refused unless `resume`, which
     continues it from its newest complete checkpoint. SIGINT / SIGTERM save a checkpoint and mark the summary
-    interrupted (see composer_trl.stopping).
+    interrupted (see composer_trl.stopping). `outer_loop` (a DiLoCo replica) wraps the training loop
+    (composer_trl.outer_loop).
     """
     model_path = model_path_of(config)
     data = job_data(config)  # a data or reward problem stops here, before the folder is made
@@ -95,7 +99,7 @@ def run_job(config: ComposerConfig, *, output_dir: str | None = None, resume: bo
         save_run_config(config, out)
         print(header(config, model=model_path, output=out, backend="trl",
                      start_step=checkpoint_step(checkpoint) if checkpoint else 0), file=sys.stderr)
-        return train_in(out, config, model_path, checkpoint, stop, grpo_config, data)
+        return train_in(out, config, model_path, checkpoint, stop, grpo_config, data, outer_loop=outer_loop)
 
 
 def resume_point(out: Path, config: ComposerConfig) -> Path:
@@ -112,7 +116,8 @@ def resume_point(out: Path, config: ComposerConfig) -> Path:
 
 
 def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Path | None,
-             stop: GracefulStop, grpo_config: GRPOConfig, data: JobData) -> dict[str, Any]:
+             stop: GracefulStop, grpo_config: GRPOConfig, data: JobData, *, outer_loop: OuterLoop | None = None
+             ) -> dict[str, Any]:
     """The run itself, in a locked output folder."""
     model, tokenizer = load_model(model_path)
     metrics = out / METRICS
@@ -120,6 +125,8 @@ def train_in(out: Path, config: ComposerConfig, model_path: Path, checkpoint: Pa
                             callbacks=[MetricsFile(metrics, fresh=checkpoint is None), stop])
     if trainer.guard is not None:
         trainer.guard.report_folder = out
+    if outer_loop is not None:
+        trainer.add_callback(OuterLoopCallback(trainer, outer_loop))
     eval_set = data.eval_set(config.run.max_completion_length)  # after the trainer's checks: a bad job stops first
     before = before_training_eval(trainer.model, tokenizer, eval_set)
     use_compact_console(trainer)
