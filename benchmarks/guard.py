@@ -9,7 +9,6 @@ step and how it grows with the history (a training step takes seconds; the guard
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -19,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.results_file import write_results
 from composer_core.guard import GUARD_METRICS, Guard, GuardConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -133,11 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     steps, repeats = (200, 1) if args.quick else (args.steps, args.repeats)
     result = measure(steps, repeats)
     print(format_result(result))
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / "guard.json"
     meta = {"python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor(),
             "logical_cores": os.cpu_count(), "quick": args.quick}
-    path.write_text(json.dumps({"meta": meta, "result": asdict(result)}, indent=2) + "\n")
+    path = write_results(args.output, "guard.json", {"meta": meta, "result": asdict(result)})
     print(f"\nwrote {path}")
     return 0
 

@@ -9,7 +9,6 @@ benchmarks/results/guard_training.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from benchmarks.results_file import write_results
 from composer_core.config import DEFAULT_JOB, ComposerConfig
 from composer_trl.console import quiet_loading_bars
 from composer_trl.trainer import ComposerGRPOTrainer
@@ -86,11 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(steps, repeats)
     print(f"guard off: {result.median_step_s_off * 1e3:.1f} ms per step; on: {result.median_step_s_on * 1e3:.1f} ms; "
           f"ratio {result.ratio:.3f} ({result.repeats} run(s) of {result.steps} steps each)")
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / "guard_training.json"
     meta = {"python": platform.python_version(), "platform": platform.platform(), "logical_cores": os.cpu_count(),
             "quick": args.quick}
-    path.write_text(json.dumps({"meta": meta, "result": asdict(result)}, indent=2) + "\n")
+    path = write_results(args.output, "guard_training.json", {"meta": meta, "result": asdict(result)})
     print(f"wrote {path}")
     return 0
 

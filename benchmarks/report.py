@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import asdict
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from benchmarks.measure import Row
+from benchmarks.results_file import write_results
 
 HEADER = ("case", "vs", "shape", "ours ms", "theirs ms", "ratio", "ours peak MB", "theirs peak MB", "mem ratio")
 
@@ -70,9 +70,8 @@ def format_table(rows: list[Row]) -> str:
 
 def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
     """All measurements (every repeat's time too) with the ratios and the run's settings."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     results = [{**asdict(row), "time_ratio": row.time_ratio, "memory_ratio": row.memory_ratio} for row in rows]
-    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    write_results(path.parent, path.name, {"meta": meta, "results": results})
 
 
 def plot_ratios(path: Path, rows: list[Row]) -> bool:

@@ -10,7 +10,6 @@ from elsewhere hits both alike. Writes benchmarks/results/sandbox.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -20,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.results_file import write_results
 from composer_core.sandbox import SandboxConfig, SandboxRequest
 from composer_core.sandbox.local import base_python
 from composer_core.sandbox.runner import Sandbox
@@ -103,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg() if hasattr(os, 'getloadavg') else '-'}: {PROGRAM!r}, {runs} runs a side")
     rows = [measure("one at a time", runs, 1), measure("max_concurrency", runs, args.concurrency)]
     print(format_table(rows))
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / "sandbox.json"
-    path.write_text(json.dumps({"program": PROGRAM, "cores": cores, "quick": args.quick,
-                                "results": [{**asdict(row), "ratio": row.ratio} for row in rows]}, indent=2) + "\n")
+    results = [{**asdict(row), "ratio": row.ratio} for row in rows]
+    path = write_results(args.output, "sandbox.json", {"program": PROGRAM, "cores": cores, "quick": args.quick,
+                                                       "results": results})
     print(f"wrote {path}")
     return 0
 

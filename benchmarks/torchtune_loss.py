@@ -13,7 +13,6 @@ here (the suite's subprocess method is in benchmarks.measure). Ratios are ours /
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.core import Pair, check_agreement, step
+from benchmarks.results_file import write_results
 from composer_core import ComposerLoss, PolicyInputs
 from composer_torchtune import ComposerGRPOLoss
 
@@ -207,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "threads": args.threads, "quick": args.quick, "dtype": "float32",
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     results = [{**asdict(row), "time_ratio": row.time_ratio, "memory_ratio": row.memory_ratio} for row in rows]
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / "torchtune_loss.json"
-    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    path = write_results(args.output, "torchtune_loss.json", {"meta": meta, "results": results})
     print(f"\nwrote {path}")
     return 0
 

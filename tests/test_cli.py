@@ -72,3 +72,16 @@ def test_a_reader_that_leaves_early_is_not_a_traceback() -> None:
         os.close(write_end)
     assert result.returncode == 141
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
+
+
+def test_a_guard_stop_is_the_run_line_and_exit_code_3() -> None:
+    from composer_core.cli.train import eval_line, exit_code
+
+    summary = {"eval_reward_before": 0.671875, "eval_reward_after": None, "interrupted": False,
+               "guard": {"stopped": True, "report": "run/guard_report.json",
+                         "stop": {"step": 12, "message": "reward_collapse: fell", "last_good_step": 1,
+                                  "checkpoint": "run/checkpoints/checkpoint-1"}}}
+    assert eval_line(summary) == ("stopped by the training guard at step 12: reward_collapse: fell; the last good "
+                                  "state (step 1) is run/checkpoints/checkpoint-1, eval reward 0.67 -> not measured "
+                                  "(see run/guard_report.json)")
+    assert exit_code(summary) == 3

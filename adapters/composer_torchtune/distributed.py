@@ -36,13 +36,16 @@ def gather(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def mean(value: torch.Tensor) -> torch.Tensor:
-    """The mean over ranks of a tensor."""
-    if not active():
-        return value
-    total = value.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / dist.get_world_size()
+def mean_values(values: dict[str, float | torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Each scalar's mean over ranks, in one all-reduce on `device` (nccl reduces only CUDA tensors); every rank
+    must pass the same keys."""
+    names = sorted(values)
+    stacked = torch.stack([torch.as_tensor(values[name], dtype=torch.float64, device=device).detach().reshape(())
+                           for name in names]) if names else torch.zeros(0, dtype=torch.float64, device=device)
+    if active() and names:
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist(), strict=True))
 
 
 def average_gradients(model: nn.Module) -> None:

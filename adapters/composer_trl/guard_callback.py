@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from composer_core.guard import REPORT_FILE, Guard, StepDecision
-from composer_trl.good_state import GoodState, scale_learning_rate, weights_finite
+from composer_core.guard.good_state import GoodState, scale_learning_rate, weights_finite
 from composer_trl.guard_metrics import NewMetricValues
 from composer_trl.run_folder import is_complete
 

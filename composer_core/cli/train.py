@@ -84,13 +84,17 @@ def exit_code(summary: dict[str, Any]) -> int:
     return 128 + int(signal.Signals[name]) if name in signal.Signals.__members__ else 130
 
 
+def reward(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f}"
+
+
 def eval_line(summary: dict[str, Any]) -> str:
     """The one stdout line of a run: its eval reward before and after, or why one was not measured."""
     before, after = summary["eval_reward_before"], summary["eval_reward_after"]
     stop = (summary.get("guard") or {}).get("stop")
     if stop:
         return (f"stopped by the training guard at step {stop['step']}: {stop['message']}; the last good state (step "
-                f"{stop['last_good_step']}) is {stop['checkpoint']}, eval reward {before} -> {after} "
+                f"{stop['last_good_step']}) is {stop['checkpoint']}, eval reward {reward(before)} -> {reward(after)} "
                 f"(see {summary['guard']['report']})")
     if before is None:
         return "eval reward: not measured: data.eval is not set (no held-out prompts)"

@@ -27,6 +27,7 @@ from torchtune import config, training, utils
 from torchtune.recipe_interfaces import FTRecipeInterface
 
 from composer_core.guard import GUARD_EXIT_CODE, Guard, GuardConfig
+from composer_core.guard.good_state import GoodState
 from composer_core.selfteach import RepromptSettings
 from composer_torchtune import distributed
 from composer_torchtune.model_folder import embedded_model
@@ -107,6 +108,7 @@ class ComposerGRPORecipe(FTRecipeInterface):
             if distill is not None else None
         guard = cfg.get("guard", None)
         self.guard = Guard(GuardConfig(**OmegaConf.to_container(guard))) if guard is not None else None
+        self.good_state = GoodState()
         utils.log_rank_zero(log, f"composer GRPO: {self.world_size} process(es), {self.local_prompts} prompt(s) x "
                                  f"{self.num_generations} per rank per step, {self.num_steps} steps")
 
@@ -166,7 +168,7 @@ class ComposerGRPORecipe(FTRecipeInterface):
                  **{key: torch.tensor(value) for key, value in context_metrics.items()}}
         metrics = {"reward_mean": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
                    "zero_std_fraction": zero_std_fraction(all_rewards, all_groups),
-                   **{key: distributed.mean(value).item() for key, value in local.items()}}
+                   **distributed.mean_values(local, self.device)}
         return Rollout(prompts, completions, mask, old, ref, advantages, teacher_logits, distill_mask, metrics)
 
     def logits(self, model: torch.nn.Module, prompts: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
@@ -216,7 +218,7 @@ class ComposerGRPORecipe(FTRecipeInterface):
             loss.backward()
             distributed.average_gradients(self.model)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.clip_grad_norm or math.inf))
-            metrics = {key: distributed.mean(torch.tensor(value)).item() for key, value in metrics.items()}
+            metrics = distributed.mean_values(metrics, self.device)
             metrics.update(batch.metrics, grad_norm=norm.item(), lr=training.get_lr(self.optimizer))
             if self.guard_stops(metrics):
                 return
@@ -247,13 +249,13 @@ class ComposerGRPORecipe(FTRecipeInterface):
             utils.log_rank_zero(log, line)
         if decision.action not in ("stop", "rollback"):
             if decision.healthy and self.step % self.guard.config.snapshot_every == 0:
-                self.good_state = (self.step, {key: value.detach().clone()
-                                               for key, value in self.model.state_dict().items()})
+                self.good_state.capture(self.step, 1.0, self.model)  # the weights; a stop needs nothing more
                 self.guard.kept_good_state(self.step)
             return False
-        if self.good_state is not None:  # rollback is not implemented here: it stops like `stop`
-            self.model.load_state_dict(self.good_state[1])
-        folder = self.save_checkpoint(self.good_state[0] if self.good_state is not None else self.step)
+        kept = self.good_state.step >= 0
+        if kept:  # rollback is not implemented here: it stops like `stop`
+            self.good_state.restore_weights(self.model)
+        folder = self.save_checkpoint(self.good_state.step if kept else self.step)
         self.guard.stopped(decision, str(folder))
         if self.is_rank_zero:
             self.guard.write_report(self.output_dir)
@@ -275,7 +277,6 @@ class ComposerGRPORecipe(FTRecipeInterface):
         distributed.stop()
 
     exit_code = 0
-    good_state: tuple[int, dict[str, torch.Tensor]] | None = None
 
 
 def kl_coefficient(loss_fn: Any) -> float:

@@ -1,4 +1,5 @@
-"""The last good training state, kept in memory: what a guard stop saves and a guard rollback restores.
+"""The last good training state, kept in memory: what a guard stop saves and a guard rollback restores. Any
+backend whose loop owns a torch model and optimizer uses it (TRL's callback, the torchtune recipe).
 
 It holds the trainable parameters, the optimizer and scheduler state and the composer state (the
 self-distillation teacher, the preference and targets cycles), copied to CPU into buffers reused from one
@@ -41,11 +42,12 @@ class GoodState:
     scheduler: Any = None
     composer: Any = None
 
-    def capture(self, step: int, lr_scale: float, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                composer_state: dict[str, Any]) -> None:
+    def capture(self, step: int, lr_scale: float, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None,
+                composer_state: dict[str, Any] | None = None) -> None:
+        """Keep the state after `step` updates; an optimizer, scheduler or composer state left out is not kept."""
         self.step, self.lr_scale = step, lr_scale
         self.parameters = _copy_into(self.parameters, dict(trainable(model)))
-        self.optimizer = _copy_into(self.optimizer, optimizer.state_dict())
+        self.optimizer = _copy_into(self.optimizer, optimizer.state_dict()) if optimizer is not None else None
         self.scheduler = _copy_into(self.scheduler, scheduler.state_dict()) if scheduler is not None else None
         self.composer = _copy_into(self.composer, composer_state)
 
