@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from composer_core.cli.experiment import add_experiment_commands
 from composer_core.cli.model import add_model_commands
 from composer_core.cli.sandbox import add_sandbox_commands
 from composer_core.cli.traces import add_traces_commands
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--library-defaults", action="store_true",
                         help="show ComposerConfig()'s defaults (composer channels off) instead of the train job")
     config.set_defaults(run=config_command)
+    add_experiment_commands(commands)
     add_model_commands(commands)
     add_sandbox_commands(commands)
     add_traces_commands(commands)

@@ -1,0 +1,1 @@
+"""Experiments that measure what the composer channels do: the evidence ladder."""
