@@ -2,7 +2,9 @@
 
 Timing: both sides run on the same tensors, alternating ours/theirs step by step (the order flipping each
 repeat) so that load from elsewhere on the machine hits both alike; after warm-up, the median of `repeats`
-forward+backward steps timed with time.perf_counter (synchronising first and last on CUDA).
+forward+backward steps timed with time.perf_counter (synchronising first and last on CUDA), and the median of
+the process CPU time over the same steps (time.process_time): on a shared machine, time spent descheduled inflates
+and scatters the wall clock but not the CPU time (which on CUDA counts the host's work only).
 Memory: see `memory_method`.
 """
 
@@ -47,12 +49,14 @@ class Settings:
 
 @dataclass(frozen=True)
 class ImplResult:
-    """One side of a case: median and fastest step, every timed step, and the growth of peak memory."""
+    """One side of a case: median and fastest step, every timed step, the growth of peak memory, and the median
+    process CPU time of a step."""
 
     median_ms: float
     min_ms: float
     times_ms: tuple[float, ...]
     peak_mb: float
+    cpu_median_ms: float
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class Row:
     @property
     def time_ratio(self) -> float:
         return self.ours.median_ms / self.theirs.median_ms
+
+    @property
+    def cpu_time_ratio(self) -> float:
+        return self.ours.cpu_median_ms / self.theirs.cpu_median_ms
 
     @property
     def memory_ratio(self) -> float | None:
@@ -136,21 +144,24 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_step(loss_fn: Callable[[], torch.Tensor], leaves: tuple[torch.Tensor, ...], device: torch.device) -> float:
-    """Milliseconds of one forward+backward step."""
+def timed_step(loss_fn: Callable[[], torch.Tensor], leaves: tuple[torch.Tensor, ...], device: torch.device
+               ) -> tuple[float, float]:
+    """Wall-clock and process CPU milliseconds of one forward+backward step."""
     _synchronise(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step(loss_fn, leaves)
     _synchronise(device)
-    return (time.perf_counter() - start) * 1000
+    return (time.perf_counter() - start) * 1000, (time.process_time() - cpu_start) * 1000
 
 
-def interleaved_times(pair: Pair, repeats: int, warmup: int, device: torch.device) -> dict[Impl, list[float]]:
-    """Milliseconds per step of each side, alternating sides step by step after `warmup` steps of each."""
+def interleaved_times(pair: Pair, repeats: int, warmup: int, device: torch.device
+                      ) -> dict[Impl, list[tuple[float, float]]]:
+    """(wall, CPU) milliseconds per step of each side, alternating sides step by step after `warmup` steps of
+    each."""
     for _ in range(warmup):
         for impl in IMPLS:
             step(pair.pick(impl), pair.leaves)
-    times: dict[Impl, list[float]] = {impl: [] for impl in IMPLS}
+    times: dict[Impl, list[tuple[float, float]]] = {impl: [] for impl in IMPLS}
     for repeat in range(repeats):
         for impl in IMPLS if repeat % 2 == 0 else IMPLS[::-1]:
             times[impl].append(timed_step(pair.pick(impl), pair.leaves, device))
@@ -233,8 +244,10 @@ def peak_memory_isolated(spec: CaseSpec, impl: Impl, settings: Settings) -> floa
     return result
 
 
-def _result(times: list[float], peak_mb: float) -> ImplResult:
-    return ImplResult(statistics.median(times), min(times), tuple(times), peak_mb)
+def _result(times: list[tuple[float, float]], peak_mb: float) -> ImplResult:
+    wall = [ms for ms, _ in times]
+    return ImplResult(statistics.median(wall), min(wall), tuple(wall), peak_mb,
+                      statistics.median(cpu for _, cpu in times))
 
 
 def benchmark_case(spec: CaseSpec, settings: Settings) -> Row:

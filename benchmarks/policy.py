@@ -101,20 +101,27 @@ def composer_loss(variant: Variant, tensors: PolicyTensors) -> Callable[[], torc
     return lambda: loss(policy=inputs, normaliser=norm).loss
 
 
+PATHS = {"per_token": per_token_loss, "composer_loss": composer_loss, "verl": verl_loss}
+
+
 def prepare(spec: CaseSpec, device: torch.device) -> Pair:
-    """Tensors and both callables for a policy case; options: objective, path ("per_token" or "composer_loss")."""
+    """Tensors and both callables for a policy case; options: objective, path (ours: "per_token" by default, or
+    "composer_loss") and against (theirs: "verl" by default, or "per_token" to price `ComposerLoss` itself)."""
     batch, length = spec.shape
     variant = VARIANTS[spec.options["objective"]]
     tensors = make_tensors(batch, length, device)
-    ours = composer_loss if spec.options.get("path") == "composer_loss" else per_token_loss
-    return Pair(ours(variant, tensors), verl_loss(variant, tensors), (tensors.log_prob,), f"{batch}x{length}",
+    ours, theirs = PATHS[spec.options.get("path", "per_token")], PATHS[spec.options.get("against", "verl")]
+    return Pair(ours(variant, tensors), theirs(variant, tensors), (tensors.log_prob,), f"{batch}x{length}",
                 TOLERANCE)
 
 
 def cases(batch: int, length: int, repeats: int) -> list[CaseSpec]:
-    """Every objective against its verl counterpart, plus PPO once through `ComposerLoss`."""
+    """Every objective against its verl counterpart, plus PPO through `ComposerLoss`: against verl, and against
+    our own objective + `aggregate` on the same inputs (what validation and metrics cost, in one run)."""
     specs = [CaseSpec(name, "policy", (batch, length), f"verl {variant.verl}", {"objective": name}, repeats)
              for name, variant in VARIANTS.items()]
     specs.append(CaseSpec("ppo via ComposerLoss", "policy", (batch, length), "verl vanilla",
                           {"objective": "ppo", "path": "composer_loss"}, repeats))
+    specs.append(CaseSpec("ppo via ComposerLoss vs bare", "policy", (batch, length), "ppo per-token + aggregate",
+                          {"objective": "ppo", "path": "composer_loss", "against": "per_token"}, repeats))
     return specs

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from composer_core.contracts import check_float
@@ -26,6 +27,7 @@ Support = Literal["full", "student_topk", "teacher_topk", "sampled_token"]
 Tail = Literal["bucket", "renormalise", "none"]
 IS_LOG_RATIO_CLAMP = 20.0
 TAIL_LOGSUMEXP_MAX = -1e-7  # keeps log(1 - P_topk) finite when the top-K holds all the mass
+LOGSUMEXP_CHUNK_ELEMENTS = 1 << 22  # logits per chunk of `token_log_probs` (16 MB in float32)
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,53 @@ def on_mask(mask: torch.Tensor | None, per_token: Callable[..., torch.Tensor],
     return values.new_zeros(mask.shape).masked_scatter(mask, values)
 
 
-def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] without materialising the whole log-softmax."""
-    return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor,
+                    chunk_elements: int = LOGSUMEXP_CHUNK_ELEMENTS) -> torch.Tensor:
+    """log softmax(logits)[token] without materialising the log-softmax, nor even its exponentials: the
+    normaliser is computed `chunk_elements` logits at a time (whole rows), forward and backward.
+
+    logits (..., vocab), token_ids (...). The value and the gradient are those of
+    `logits.gather(-1, ids) - logits.logsumexp(-1)`; the backward writes the gradient into one buffer of
+    the logits' size, where autograd through that expression holds about three.
+    """
+    if token_ids.shape != logits.shape[:-1]:
+        raise BatchError(f"token_ids has shape {tuple(token_ids.shape)} but the logits are "
+                         f"{tuple(logits.shape)}; expected the logits' shape without the vocabulary")
+    rows = max(1, chunk_elements // max(logits.shape[-1], 1))
+    return _TokenLogProb.apply(logits, token_ids, rows)
+
+
+def _row_chunks(total: int, rows: int) -> list[slice]:
+    return [slice(start, min(start + rows, total)) for start in range(0, total, rows)]
+
+
+class _TokenLogProb(torch.autograd.Function):
+    """`token_log_probs` with a row-chunked logsumexp: forward and backward each hold one chunk of exponentials."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, token_ids: torch.Tensor, rows: int) -> torch.Tensor:
+        flat, ids = logits.reshape(-1, logits.shape[-1]), token_ids.reshape(-1, 1)
+        normaliser = flat.new_empty(flat.shape[0])
+        for chunk in _row_chunks(flat.shape[0], rows):
+            torch.logsumexp(flat[chunk], dim=-1, out=normaliser[chunk])
+        ctx.save_for_backward(logits, token_ids, normaliser)
+        ctx.rows = rows
+        return (flat.gather(-1, ids).squeeze(-1) - normaliser).view(token_ids.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        """d/dz (z_y - logsumexp z) = onehot(y) - softmax(z), scaled by the incoming gradient."""
+        logits, token_ids, normaliser = ctx.saved_tensors
+        flat, ids = logits.reshape(-1, logits.shape[-1]), token_ids.reshape(-1, 1)
+        scale = grad.reshape(-1, 1)
+        result = torch.empty_like(flat)
+        for chunk in _row_chunks(flat.shape[0], ctx.rows):
+            out = result[chunk]
+            torch.sub(flat[chunk], normaliser[chunk].unsqueeze(-1), out=out)
+            out.exp_().mul_(-scale[chunk])
+        result.scatter_add_(-1, ids, scale.to(result.dtype))
+        return result.view(logits.shape), None, None
 
 
 def sampled_token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

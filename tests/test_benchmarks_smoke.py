@@ -25,13 +25,15 @@ def _spec(suite, name: str):
     return next(spec for spec in suite.default_suite(quick=True) if spec.name == name)
 
 
-@pytest.mark.parametrize("name", ["ppo", "ppo via ComposerLoss", "student top-K + tail, a=0.5",
-                                  "teacher top-K tensors, forward KL", "chunked from hidden (full, a=0.5)"])
+@pytest.mark.parametrize("name", ["ppo", "ppo via ComposerLoss", "ppo via ComposerLoss vs bare",
+                                  "student top-K + tail, a=0.5", "teacher top-K tensors, forward KL",
+                                  "chunked from hidden (full, a=0.5)"])
 def test_a_tiny_case_returns_a_row_with_positive_timings(bench, name: str) -> None:
     _, measure, suite = bench
     row = measure.benchmark_case(_spec(suite, name), measure.Settings(threads=1, warmup=0, isolate=False))
     assert row.case == name
     assert row.ours.median_ms > 0 and row.theirs.median_ms > 0
+    assert row.ours.cpu_median_ms > 0 and row.theirs.cpu_median_ms > 0
     assert len(row.ours.times_ms) == len(row.theirs.times_ms) == 2
     assert row.time_ratio > 0
     assert 0.0 <= row.max_relative_difference <= 1e-4

@@ -11,6 +11,7 @@ from composer_core.distill import (
     generalized_jsd_terms,
     importance_weight,
     teacher_topk,
+    token_log_probs,
 )
 from composer_core.errors import BatchError, ConfigError
 
@@ -322,3 +323,48 @@ def test_non_finite_logits_inside_the_mask_are_still_refused_by_the_loss() -> No
     loss = ComposerLoss(ComposerConfig.from_mapping(config))
     with pytest.raises(BatchError, match=r"non-finite value .* position \(0, 0\)"):
         loss(distill=DistillInputs(student, logits(1, (3, 5, 7)), mask))
+
+
+# ---- sampled-token log-probs: a row-chunked logsumexp, exact in value and gradient ----
+
+def gather_minus_logsumexp(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The unchunked formula `token_log_probs` replaced (autograd through logsumexp)."""
+    return values.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - values.logsumexp(dim=-1)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7 * 3, 7 * 4, 1 << 22])  # 1 row a chunk, 3 (even), 4 (uneven), all
+def test_chunked_token_log_probs_equal_the_unchunked_formula(chunk_elements: int) -> None:
+    student = (logits(40, (3, 5, 7)) * 4).requires_grad_()
+    ids = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(41))
+    upstream = logits(42, (3, 5))
+    chunked = token_log_probs(student, ids, chunk_elements=chunk_elements)
+    expected = gather_minus_logsumexp(student, ids)
+    torch.testing.assert_close(chunked, expected, rtol=1e-14, atol=1e-14)
+    (grad,) = torch.autograd.grad(chunked, student, upstream)
+    (expected_grad,) = torch.autograd.grad(expected, student, upstream)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-14, atol=1e-14)
+
+
+def test_token_log_probs_of_a_strided_view_and_its_shape_check() -> None:
+    base = logits(43, (2, 6, 9)).requires_grad_()
+    view = base[:, 1:, ::2]  # neither contiguous nor viewable as rows
+    ids = torch.randint(0, 5, (2, 5), generator=torch.Generator().manual_seed(44))
+    torch.testing.assert_close(token_log_probs(view, ids, chunk_elements=10), gather_minus_logsumexp(view, ids))
+    (grad,) = torch.autograd.grad(token_log_probs(view, ids, chunk_elements=10).sum(), base)
+    (expected,) = torch.autograd.grad(gather_minus_logsumexp(view, ids).sum(), base)
+    torch.testing.assert_close(grad, expected)
+    with pytest.raises(BatchError, match=r"token_ids has shape \(2, 4\)"):
+        token_log_probs(view, ids[:, :4])
+
+
+def test_sampled_token_loss_equals_the_unchunked_estimator() -> None:
+    student = (logits(45, (2, 4, 11)) * 3).requires_grad_()
+    teacher = logits(46, (2, 4, 11)) * 3
+    ids = torch.randint(0, 11, (2, 4), generator=torch.Generator().manual_seed(47))
+    log_p, log_q = gather_minus_logsumexp(student, ids), gather_minus_logsumexp(teacher, ids)
+    expected = (log_p - log_q).detach() * log_p
+    loss = distill_per_token(student, teacher, support="sampled_token", alpha=1.0, token_ids=ids)
+    torch.testing.assert_close(loss, expected, rtol=1e-14, atol=1e-14)
+    (grad,) = torch.autograd.grad(loss.sum(), student)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), student)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-14, atol=1e-14)
