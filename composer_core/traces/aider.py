@@ -18,8 +18,9 @@ their edit results are named `edit` too. The banner that opens a session fills m
 instead of becoming a message. Text before the first header (a history whose start was cut off) is a
 session of its own with meta `headerless`; an Emacs mode line on line 1 is skipped.
 
-The file is read line by line and each session is yielded when the next header arrives, so memory is
-bounded by the largest session, not by the file. Records: headers, message blocks, the banner, mode lines.
+The file is read in blocks of whole lines (decoded a block at a time), fed to the parser line by line, and
+each session is yielded when the next header arrives, so memory is bounded by the largest session, not by the
+file. Records: headers, message blocks, the banner, mode lines.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain, count
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -39,7 +41,9 @@ NAME = "aider"
 FILE_SUFFIX = ".aider.chat.history.md"
 DETECT_BYTES = 65536
 MAX_LINE_BYTES = 1 << 20
-HEADER = re.compile(r"# aider chat started at (.*)")
+READ_BYTES = 1 << 16  # read at a time: what a block of lines holds, unless a line is longer
+HEADER_TEXT = "# aider chat started at "
+HEADER = re.compile(re.escape(HEADER_TEXT) + "(.*)")
 MODE_LINE = re.compile(r"-\*-.*-\*-\s*")
 VERSION = re.compile(r"^Aider v(\S+)", re.M)
 MODEL = re.compile(r"^(?:Main model|Models?): (\S+).*? with [^\w\n]*(\w+) edit format(?:, weak model (\S+))?", re.M)
@@ -58,7 +62,7 @@ CHECKED_COMMANDS = ("run", "test", "lint")
 Kind = Literal["user", "tool", "assistant"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Line:
     """One physical line: text without its newline; `problem` says why it cannot be trusted, if it cannot."""
 
@@ -116,7 +120,8 @@ def detect(path: Path) -> bool:
         return False
     if path.name.endswith(FILE_SUFFIX):
         return True
-    return any(HEADER.fullmatch(line) for line in head(path, DETECT_BYTES).splitlines())
+    text = head(path, DETECT_BYTES)
+    return HEADER_TEXT in text and any(HEADER.fullmatch(line) for line in text.splitlines())
 
 
 def read(path: Path, log: IngestLog) -> Iterator[Trace]:
@@ -124,22 +129,91 @@ def read(path: Path, log: IngestLog) -> Iterator[Trace]:
     parser = Parser(path, log)
     with path.open("rb") as stream:
         for line in physical_lines(stream):
-            yield from parser.feed(line)
-    yield from parser.finish()
+            if (trace := parser.feed(line)) is not None:
+                yield trace
+    if (trace := parser.finish()) is not None:
+        yield trace
 
 
 def physical_lines(stream: IO[bytes]) -> Iterator[Line]:
     """Lines split on `\\n` only (so numbers match an editor's), decoded as UTF-8; over-long, undecodable,
     NUL-bearing and unterminated last lines are flagged, never raised."""
+    return chain.from_iterable(decode_block(number, block) for number, block in numbered_blocks(stream))
+
+
+def numbered_blocks(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+    """The blocks of `line_blocks`, each with the number of the line before it."""
     number = 0
-    while chunk := stream.readline(MAX_LINE_BYTES):
-        number += 1
-        if not chunk.endswith(b"\n") and len(chunk) == MAX_LINE_BYTES:
-            while (rest := stream.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                pass
-            yield Line(number, "", f"line longer than {MAX_LINE_BYTES} bytes")
+    for block in line_blocks(stream):
+        yield number, block
+        number += 1 if block is None else block.count(b"\n") + (not block.endswith(b"\n"))
+
+
+def line_blocks(stream: IO[bytes]) -> Iterator[bytes | None]:
+    """The file as blocks of whole lines, each line shorter than MAX_LINE_BYTES, read READ_BYTES at a time (so
+    decoding and splitting are done once per block, not per line); None stands for an over-long line, which is
+    skipped without being held, and an unterminated last line comes alone at the end."""
+    limit, buffer, ended = MAX_LINE_BYTES, b"", False
+    while True:
+        end = buffer.rfind(b"\n", 0, limit)
+        if end == -1 and not ended and len(buffer) < limit:
+            data = stream.read(READ_BYTES)
+            ended = not data
+            buffer += data
             continue
-        yield decode_line(number, chunk)
+        if not buffer:
+            return
+        if end != -1:
+            yield buffer[:end + 1]
+            buffer = buffer[end + 1:]
+        elif len(buffer) < limit:  # at the end of the file: the last line, unterminated
+            yield buffer
+            return
+        else:
+            yield None
+            buffer = skip_line(stream, buffer)
+
+
+def skip_line(stream: IO[bytes], buffer: bytes) -> bytes:
+    """What follows the end of the line that `buffer` starts, reading on as far as it goes."""
+    newline = buffer.find(b"\n")
+    while newline == -1:
+        buffer = stream.read(READ_BYTES)
+        if not buffer:
+            return b""
+        newline = buffer.find(b"\n")
+    return buffer[newline + 1:]
+
+
+def decode_block(number: int, block: bytes | None) -> Iterator[Line]:
+    """The lines of a block (None: an over-long line), numbered after `number`: decoded at once when the block is
+    clean UTF-8 without NUL bytes (the usual case), else line by line so that each bad line is flagged on its
+    own. Made lazily, so that one line object is alive at a time (a block's worth would cost the garbage
+    collector dearly)."""
+    if block is None:
+        return iter([Line(number + 1, "", f"line longer than {MAX_LINE_BYTES} bytes")])
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\x00"
+    if "\x00" in text:
+        return decode_lines(number, block)
+    texts = text.split("\n")
+    last = texts.pop()  # "" after the final newline, else an unterminated last line
+    if "\r" in text:
+        texts = [line.rstrip("\r") for line in texts]
+    lines = map(Line, count(number + 1), texts)
+    return chain(lines, [decode_line(number + len(texts) + 1, last.encode("utf-8"))]) if last else lines
+
+
+def decode_lines(number: int, block: bytes) -> Iterator[Line]:
+    """The lines of a block that is not clean text, each decoded and flagged on its own."""
+    chunks = block.split(b"\n")
+    last = chunks.pop()  # b"" after the final newline, else an unterminated last line
+    for index, chunk in enumerate(chunks, start=number + 1):
+        yield decode_line(index, chunk + b"\n")
+    if last:
+        yield decode_line(number + len(chunks) + 1, last)
 
 
 def decode_line(number: int, chunk: bytes) -> Line:
@@ -189,14 +263,17 @@ class Parser:
     def where(self, line: int) -> Provenance:
         return Provenance(format=NAME, file=str(self.path), line=line)
 
-    def feed(self, line: Line) -> Iterator[Trace]:
-        """Take one line; yields the previous session when this line is a session header."""
+    def feed(self, line: Line) -> Trace | None:
+        """Take one line; returns the previous session when this line is a session header."""
         if line.problem and line.problem.startswith("truncated"):
             self.session.meta["truncated"] = True
-        header = HEADER.fullmatch(line.text) if line.problem is None else None
+        if self.takes_at_once(line):
+            return None
+        header = HEADER.fullmatch(line.text) if line.problem is None and line.text.startswith(HEADER_TEXT) else None
         if header is not None:
-            yield from self.finish()
+            finished = self.finish()
             self.start_session(line, header.group(1).strip())
+            return finished
         elif line.number == 1 and MODE_LINE.fullmatch(line.text):
             self.log.record()
             self.log.skip("emacs mode line")
@@ -208,6 +285,33 @@ class Parser:
                 target.add(line)
         else:
             self.classify(line)
+        return None
+
+    def takes_at_once(self, line: Line) -> bool:
+        """The usual lines, decided without the full checks of `classify` (which would decide the same): a sound
+        line continuing a multi-line aider output that its last line could not end, a blank line or text not led
+        by `#` or `>` in a reply with no output pending, an output line after output, user input after input."""
+        block = self.block
+        if block is None or line.problem is not None or self.pending is not None:
+            return False
+        text = line.text
+        if block.open_output:
+            if block.closing or text.startswith(HEADER_TEXT):
+                return False
+            block.add(line)
+            return True
+        if block.kind == "assistant":
+            if not text or text.isspace():
+                self.blanks += 1
+                block.add(line)
+                return True
+            if text[0] in "#>":
+                return False
+        elif not (is_output_line(text) if block.kind == "tool" else is_user_line(text)):
+            return False
+        block.add(line)
+        self.blanks = 0
+        return True
 
     def classify(self, line: Line) -> None:
         """Route one line to the pending output, the current block or a new one."""
@@ -347,17 +451,17 @@ class Parser:
         """The latest user or assistant message: what an aider output answers."""
         return next((message for message in reversed(self.session.messages) if message.role != "tool"), None)
 
-    def finish(self) -> Iterator[Trace]:
-        """Close the current block and yield the session (a headerless one only if it has messages)."""
+    def finish(self) -> Trace | None:
+        """Close the current block and return the session (a headerless one only if it has messages)."""
         if self.pending is not None:
             self.settle_pending(Line(0, ""))
         self.close_block()
         session = self.session
         if "headerless" in session.meta and not session.messages:
-            return
+            return None
         task = next((message.content for message in session.messages
                      if message.role == "user" and not message.content.startswith("/")), None)
-        yield Trace(trace_id=f"{self.path.stem}:{session.start}", format=NAME, source=str(self.path),
+        return Trace(trace_id=f"{self.path.stem}:{session.start}", format=NAME, source=str(self.path),
                     messages=session.messages, task=task, model=session.model, agent_version=session.agent_version,
                     started_at=session.started_at, meta={**session.meta, "tool_calls_in_content": True})
 

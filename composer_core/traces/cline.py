@@ -137,7 +137,7 @@ class Conversation:
         """Each block with its type and provenance, counted as a record; non-objects are rejected."""
         for number, block in enumerate(blocks):
             self.log.record()
-            place = where.model_copy(update={"record": f"{where.record}.content[{number}]"})
+            place = where.at(f"{where.record}.content[{number}]")
             if not isinstance(block, dict) or not isinstance(block.get("type"), str):
                 self.log.reject_at(place, "content block is not an object with a type", block)
                 continue

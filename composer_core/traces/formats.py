@@ -11,11 +11,14 @@ import json
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 from pydantic import TypeAdapter, ValidationError
 
 from composer_core.traces.contracts import Provenance, Reject, Trace
@@ -25,6 +28,17 @@ DETECT_LINES = 20  # non-blank lines `leading_json_objects` reads
 DETECT_LINE_BYTES = 1 << 20  # a longer line is skipped unparsed
 DETECT_BUDGET_BYTES = 4 << 20  # bytes read in all, however long the lines
 _DATETIME = TypeAdapter(datetime)
+_LEADING: ContextVar[dict[Path, tuple[dict[str, Any], ...]] | None] = ContextVar("leading_json_objects", default=None)
+
+# JSON is parsed with msgspec, falling back to the stdlib for what msgspec refuses. Measured on the shared trace
+# samples (benchmarks/ingestion.py, docs/performance.md), msgspec and orjson both parse several times faster than
+# the stdlib; msgspec is chosen because it gives the stdlib's values, integers beyond 64 bits included (orjson
+# turns those into floats without a word). What msgspec refuses and the stdlib accepts (NaN and Infinity
+# literals, lone surrogate escapes, numbers beyond the float range, bytes that are not UTF-8) is parsed again
+# by the stdlib on the text decoded as before, so every input reads as it did and a malformed one is reported
+# with the stdlib's message, line and column.
+_MSGSPEC_DECODE = msgspec.json.Decoder().decode
+JSON_PARSER = f"msgspec {msgspec.__version__}, stdlib json where msgspec refuses"
 
 
 @dataclass
@@ -84,6 +98,23 @@ class TraceFormat:
     read: Callable[[Path, IngestLog], Iterator[Trace]]
 
 
+def loads(data: bytes | str) -> Any:
+    """One JSON value from UTF-8 bytes or text, exactly as `json.loads` of the text (bytes decoded with
+    replacement characters) gives it; raises `json.JSONDecodeError` on malformed input, and on input nested
+    too deeply to parse (which would otherwise escape as a RecursionError and stop the whole ingestion)."""
+    try:
+        try:
+            return _MSGSPEC_DECODE(data)
+        except (msgspec.DecodeError, UnicodeEncodeError):
+            return json.loads(_as_text(data))
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", _as_text(data), 0) from None
+
+
+def _as_text(data: bytes | str) -> str:
+    return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+
+
 def head(path: Path, size: int = HEAD_BYTES) -> str:
     """The first bytes of a file as text (for detection); empty for folders and unreadable files."""
     if not path.is_file():
@@ -104,28 +135,48 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
-def leading_json_objects(path: Path) -> list[dict[str, Any]]:
+@contextmanager
+def detection_pass() -> Iterator[None]:
+    """While open, `leading_json_objects` reads each file once: every format's `detect` looks at the same file
+    in turn, and each would otherwise read and parse its first lines again."""
+    token = _LEADING.set({})
+    try:
+        yield
+    finally:
+        _LEADING.reset(token)
+
+
+def leading_json_objects(path: Path) -> tuple[dict[str, Any], ...]:
     """The JSON objects among the first DETECT_LINES non-blank lines of a file, reading at most
-    DETECT_BUDGET_BYTES.
+    DETECT_BUDGET_BYTES (shared within a `detection_pass`: to be read, never changed).
 
     For detection: a corrupt, truncated or over-long first line (over DETECT_LINE_BYTES, skipped unparsed)
     does not hide the lines after it, and no file, however large its lines, costs more than the budget.
     """
+    seen = _LEADING.get()
+    if seen is None:
+        return _read_leading_json_objects(path)
+    if path not in seen:
+        seen[path] = _read_leading_json_objects(path)
+    return seen[path]
+
+
+def _read_leading_json_objects(path: Path) -> tuple[dict[str, Any], ...]:
     if not is_regular_file(path):
-        return []
+        return ()
     found: list[dict[str, Any]] = []
     try:
         with path.open("rb") as stream:
             for line in _bounded_lines(stream, DETECT_LINES, DETECT_BUDGET_BYTES, DETECT_LINE_BYTES):
                 try:
-                    value = json.loads(line.decode("utf-8", errors="replace"))
+                    value = loads(line)
                 except json.JSONDecodeError:
                     continue
                 if isinstance(value, dict):
                     found.append(value)
     except OSError:
-        return found
-    return found
+        pass
+    return tuple(found)
 
 
 def _bounded_lines(stream: IO[bytes], lines: int, budget: int, line_limit: int) -> Iterator[bytes]:
@@ -162,21 +213,41 @@ def jsonl_records(path: Path, format_name: str, log: IngestLog, *,
                   allow_arrays: bool = False) -> Iterator[tuple[Provenance, Any]]:
     """Stream the objects (and, with allow_arrays, the arrays) of a JSONL file with their provenance; malformed
     lines and other values (a truncated last line included) are rejected with their line number, never raised."""
-    with path.open(encoding="utf-8", errors="replace") as stream:
-        for number, line in enumerate(stream, start=1):
+    file = str(path)
+    with path.open("rb") as stream:
+        for number, line in enumerate(text_mode_lines(stream), start=1):
             if not line.strip():
                 continue
-            log.record()
-            where = Provenance(format=format_name, file=str(path), line=number)
             try:
-                value = json.loads(line)
+                value = loads(line)
             except json.JSONDecodeError as error:
-                log.reject_at(where, f"malformed JSON: {error.msg} at column {error.colno}", line)
+                text = line.decode("utf-8", errors="replace")
+                if not text.strip():  # blank but for Unicode whitespace: not a record either
+                    continue
+                log.record()
+                where = Provenance(format=format_name, file=file, line=number)
+                log.reject_at(where, f"malformed JSON: {error.msg} at column {error.colno}", text)
                 continue
+            log.record()
+            where = Provenance(format=format_name, file=file, line=number)
             if not (isinstance(value, dict) or (allow_arrays and isinstance(value, list))):
-                log.reject_at(where, f"not a JSON object: a {type(value).__name__}", line)
+                log.reject_at(where, f"not a JSON object: a {type(value).__name__}",
+                              line.decode("utf-8", errors="replace"))
                 continue
             yield where, value
+
+
+def text_mode_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a binary stream as a text-mode file gives them: `\\r\\n` and a lone `\\r` end a line too,
+    and each line ends in `\\n` (the last one may have none). Split in bytes, so each line is decoded only when
+    it has to be."""
+    for chunk in stream:
+        if b"\r" not in chunk:
+            yield chunk
+            continue
+        for piece in chunk.splitlines(keepends=True):
+            body = piece.rstrip(b"\r\n")
+            yield body + b"\n" if len(body) < len(piece) else body
 
 
 def load_json(path: Path, format_name: str, log: IngestLog) -> Any | None:
@@ -188,11 +259,15 @@ def load_json(path: Path, format_name: str, log: IngestLog) -> Any | None:
         log.reject_at(where, "not a regular file: not read (reading a FIFO, socket or device could block)")
         return None
     try:
-        with path.open(encoding="utf-8", errors="replace") as stream:
-            return json.load(stream)
+        return loads(_universal_newlines(path.read_bytes()))
     except json.JSONDecodeError as error:
         log.reject_at(where, f"malformed JSON file: {error.msg} at line {error.lineno} (truncated?)", head(path, 500))
         return None
+
+
+def _universal_newlines(data: bytes) -> bytes:
+    """`\\r\\n` and lone `\\r` as `\\n`, as a text-mode read gives them (so errors name the same line)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in data else data
 
 
 def parse_arguments(raw: Any) -> dict[str, Any] | str:
@@ -201,7 +276,7 @@ def parse_arguments(raw: Any) -> dict[str, Any] | str:
         return raw
     if isinstance(raw, str):
         try:
-            value = json.loads(raw)
+            value = loads(raw)
         except json.JSONDecodeError:
             return raw
         return value if isinstance(value, dict) else raw

@@ -98,7 +98,7 @@ def _read_json(recording: _Recording) -> bool:
     recording.header = {key: value for key, value in document.items() if key != "messages"}
     for index, record in enumerate(document["messages"]):
         recording.log.record()
-        _keep(recording, where.model_copy(update={"record": f"messages[{index}]"}), record)
+        _keep(recording, where.at(f"messages[{index}]"), record)
     return True
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from composer_core.files import check_input
 from composer_core.plugins import registries
 from composer_core.traces.contracts import Provenance, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat
+from composer_core.traces.formats import IngestLog, TraceFormat, detection_pass
 
 SEEN_FOLDER = "folder already walked (a symbolic link loop, or a second link to it)"
 SEEN_FILE = "file already read through another path (a symbolic or hard link to it)"
@@ -25,10 +25,11 @@ HIDDEN_FILE = "hidden file that no trace format recognises"
 
 
 def detect_format(path: Path) -> TraceFormat | None:
-    """The first registered format whose `detect` accepts the path, or None."""
-    for entry in registries().trace_formats:
-        if entry.item.detect(path):
-            return entry.item
+    """The first registered format whose `detect` accepts the path, or None (the file's first lines read once)."""
+    with detection_pass():
+        for entry in registries().trace_formats:
+            if entry.item.detect(path):
+                return entry.item
     return None
 
 

@@ -87,7 +87,7 @@ class _Builder:
 
     def add(self, index: int, raw: Any) -> None:
         self.log.record()
-        record = self.where.model_copy(update={"record": f"messages[{index}]"})
+        record = self.where.at(f"messages[{index}]")
         if isinstance(raw, dict) and raw.get("role") == "exit":
             self.exit = _extra(raw)
             self.log.use()
@@ -98,7 +98,8 @@ class _Builder:
             self.log.reject_at(record, f"bad message: {error}", raw)
             return
         self.log.use()
-        self.messages.append(message.model_copy(update={"timestamp": parse_time(_extra(raw).get("timestamp"))}))
+        message.timestamp = parse_time(_extra(raw).get("timestamp"))  # a fresh message, set as model_copy would
+        self.messages.append(message)
 
     def _convert(self, raw: Any, record: Provenance) -> Message:
         if not isinstance(raw, dict):
@@ -112,10 +113,10 @@ class _Builder:
         if message.role == "assistant" and not message.tool_calls:
             calls = _text_actions(raw, message.content)
             self.pending = calls[0] if calls else None
-            return message.model_copy(update={"tool_calls": calls})
-        if message.tool_result is not None:
+            message.tool_calls = calls  # the message is fresh: changed in place, as a model_copy would be
+        elif message.tool_result is not None:
             old = message.tool_result
-            return message.model_copy(update={"tool_result": _result(raw, old.output, old.call_id, old.name)})
+            message.tool_result = _result(raw, old.output, old.call_id, old.name)
         return message
 
 

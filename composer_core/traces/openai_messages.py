@@ -79,7 +79,7 @@ def _session(value: dict[str, Any] | list[Any], where: Provenance, log: IngestLo
         return None
     messages = []
     for index, raw in enumerate(session["messages"]):
-        record = where.model_copy(update={"record": f"messages[{index}]"})
+        record = where.at(f"messages[{index}]")
         try:
             messages.append(chat_message(raw, record))
         except (ValueError, AttributeError) as error:

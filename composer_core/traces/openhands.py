@@ -236,7 +236,8 @@ class _Sdk(_Conversation):
         said = raw["llm_message"]
         message = chat_message({"role": said["role"], "content": said.get("content"),
                                 "reasoning_content": said.get("reasoning_content") or _thinking(said)}, record)
-        self.add(message.model_copy(update={"timestamp": parse_time(raw.get("timestamp"))}))
+        message.timestamp = parse_time(raw.get("timestamp"))  # a fresh message, set as model_copy would
+        self.add(message)
 
     def _action(self, raw: dict[str, Any], record: Provenance) -> None:
         called = _dict(raw.get("tool_call"))
@@ -292,7 +293,7 @@ def _read_events(path: Path, log: IngestLog) -> Iterator[Trace]:
     session = _V0(log)
     for index, raw in enumerate(events):
         log.record()
-        session.event(raw, where.model_copy(update={"record": _record("events", index, raw)}))
+        session.event(raw, where.at(_record("events", index, raw)))
     trace = session.trace(where, path.stem, outcome={}, meta={"variant": "v0-events"})
     if trace is not None:
         log.use()
@@ -307,7 +308,7 @@ def _read_eval(path: Path, log: IngestLog) -> Iterator[Trace]:
         session = _V0(log)
         for index, raw in enumerate(line["history"]):
             log.record()
-            session.event(raw, where.model_copy(update={"record": _record("history", index, raw)}))
+            session.event(raw, where.at(_record("history", index, raw)))
         outcome = {key: line[key] for key in ("test_result", "error") if line.get(key) is not None}
         model = _dict(_dict(line.get("metadata")).get("llm_config")).get("model")
         trace = session.trace(where, str(line.get("instance_id") or f"{path.stem}:{where.line}"),

@@ -76,7 +76,7 @@ class _Session:
     def history_message(self, index: int, raw: Any) -> None:
         """One history message: a chat message, a 0.x action or observation, or a 1.x tool message."""
         self.log.record()
-        record = self.where.model_copy(update={"record": f"history[{index}]"})
+        record = self.where.at(f"history[{index}]")
         try:
             message = chat_message(_openai_shape(raw), record)
         except BAD_RECORD as error:
@@ -103,7 +103,7 @@ class _Session:
     def step(self, index: int, raw: Any) -> None:
         """One trajectory step: skipped when the history holds it, else its action and observation appended."""
         self.log.record()
-        record = self.where.model_copy(update={"record": f"trajectory[{index}]"})
+        record = self.where.at(f"trajectory[{index}]")
         if not isinstance(raw, dict):
             self.log.reject_at(record, f"bad trajectory step: not an object but a {type(raw).__name__}", raw)
             return
