@@ -114,8 +114,10 @@ def parse(*args: str) -> Any:
 
 
 def test_command_line_options_change_the_preset() -> None:
-    settings = parse("--quick", "--arms", "A1,A3", "--seeds", "2", "--steps", "6", "run.learning_rate=1e-3")
+    settings = parse("--quick", "--arms", "A1,A3", "--seeds", "2", "--steps", "6", "--preference-weight", "0.1",
+                     "run.learning_rate=1e-3")
     assert settings.arms == ["A1", "A3"] and settings.seeds == 2 and settings.base["run"]["max_steps"] == 6
+    assert settings.preference_weight == 0.1 and settings.distill_weight == 0.5
     assert settings.overrides == ["run.learning_rate=1e-3"] and settings.train_size == 32
     with pytest.raises(ConfigError, match="unknown arm"):
         parse("--arms", "A1,B7")

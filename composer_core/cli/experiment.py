@@ -22,8 +22,9 @@ def ladder_settings(args: argparse.Namespace) -> LadderSettings:
         if unknown:
             raise ConfigError(f"--arms: unknown arm(s) {unknown}; the arms are {', '.join(ARMS)}")
         update["arms"] = args.arms.split(",")
-    if args.seeds is not None:
-        update["seeds"] = args.seeds
+    for option in ("seeds", "distill_weight", "preference_weight"):
+        if getattr(args, option) is not None:
+            update[option] = getattr(args, option)
     if args.steps is not None:
         update["base"] = {**settings.base, "run": {**settings.base.get("run", {}), "max_steps": args.steps,
                                                    "save_steps": args.steps}}
@@ -60,6 +61,8 @@ def add_experiment_commands(commands: Any) -> None:
     ladder.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)}")
     ladder.add_argument("--seeds", type=int, help="seeds per arm (0, 1, ...)")
     ladder.add_argument("--steps", type=int, help="training steps per run")
+    ladder.add_argument("--distill-weight", type=float, help="distill.weight of A2 and A4 (default 0.5)")
+    ladder.add_argument("--preference-weight", type=float, help="preference.weight of A3 and A4 (default 0.5)")
     ladder.add_argument("--backend", default="trl", help="the backend every run trains on")
     ladder.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="overrides of every arm's job config (run.learning_rate=5e-5)")
