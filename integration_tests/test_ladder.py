@@ -65,5 +65,5 @@ def test_a_second_run_resumes_and_trains_only_what_is_missing(
     kept = [run for run in before["runs"] if run["arm"] != "A3"]
     assert [run for run in after["runs"] if run["arm"] != "A3"] == kept  # not trained again
     assert (folder / "runs" / "A3-seed0" / "summary.json").is_file()
-    refused = ladder("--quick", "--seeds", "2", "--output-dir", str(folder))
-    assert refused.returncode == 2 and "seeds differ" in refused.stderr
+    refused = ladder("--quick", "--steps", "5", "--output-dir", str(folder))
+    assert refused.returncode == 2 and "base differ" in refused.stderr

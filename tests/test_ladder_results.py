@@ -123,13 +123,16 @@ def test_command_line_options_change_the_preset() -> None:
         parse("--arms", "A1,B7")
 
 
-def test_a_folder_is_resumed_only_with_the_same_settings(tmp_path: Path) -> None:
+def test_a_folder_is_resumed_or_extended_only_under_the_same_settings(tmp_path: Path) -> None:
     folder = tmp_path / "ladder"
     claim_folder(folder, preset(None, quick=True))
     claim_folder(folder, preset(None, quick=True))  # the same: resumed
     assert json.loads((folder / "ladder_settings.json").read_text())["seeds"] == 1
-    with pytest.raises(ConfigError, match="seeds differ"):
-        claim_folder(folder, preset(None, quick=True).model_copy(update={"seeds": 3}))
+    more = preset(None, quick=True).model_copy(update={"seeds": 3, "arms": ["A1", "A2"]})
+    claim_folder(folder, more)  # more seeds, fewer arms: the same runs, some added, some left out
+    assert json.loads((folder / "ladder_settings.json").read_text())["seeds"] == 3
+    with pytest.raises(ConfigError, match="train_size differ"):
+        claim_folder(folder, more.model_copy(update={"train_size": 64}))
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -53,7 +53,8 @@ def add_experiment_commands(commands: Any) -> None:
     ladder = kinds.add_parser("ladder", help="A1 GRPO, A2 + self-distillation, A3 + trace-replay DPO, A4 all: "
                                              "held-out reward over seeds at equal samples per step")
     ladder.add_argument("--output-dir", required=True,
-                        help="where the runs, ladder.json and ladder.png go; run again on it to resume")
+                        help="where the runs, ladder.json and ladder.png go; run again on it to resume "
+                             "(or to add seeds or arms)")
     ladder.add_argument("--model", help="model.path of every arm (a GGUF file, a saved folder or a hub id); default: "
                                         "the backend's embedded model. A model switches to the pretrained preset "
                                         "(A1 and A2, 2 seeds, number-only prompts)")

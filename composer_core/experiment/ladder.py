@@ -29,6 +29,7 @@ from composer_core.files import write_text_atomic
 from composer_core.models import resolve_model_folder
 
 SETTINGS_FILE, RESULT_FILE, PLOT_FILE = "ladder_settings.json", "ladder.json", "ladder.png"
+EXTENSIBLE = ("arms", "seeds")  # settings a ladder folder may be rerun with changed: they only add or leave out runs
 
 
 def run_ladder(settings: LadderSettings, output_dir: str | os.PathLike[str], *, command: str = "") -> dict[str, Any]:
@@ -63,15 +64,19 @@ def run_ladder(settings: LadderSettings, output_dir: str | os.PathLike[str], *, 
 
 
 def claim_folder(folder: Path, settings: LadderSettings) -> None:
-    """Record the settings in a new folder; a folder holding a ladder with other settings is refused."""
+    """Record the settings in a new folder. A folder holding a ladder is resumed, or extended with more seeds or
+    arms (each arm-seed is a run of its own); one whose runs were made under other settings is refused."""
     path = folder / SETTINGS_FILE
     wanted = settings.model_dump(mode="json")
     if path.is_file():
         held = json.loads(path.read_text(encoding="utf-8"))
-        if held != wanted:
-            changed = sorted(key for key in wanted.keys() | held.keys() if held.get(key) != wanted.get(key))
+        changed = sorted(key for key in wanted.keys() | held.keys()
+                         if key not in EXTENSIBLE and held.get(key) != wanted.get(key))
+        if changed:
             raise ConfigError(f"{folder} holds a ladder run with other settings ({', '.join(changed)} differ): "
                               "choose another --output-dir, or rerun with the same options to resume it")
+        if held != wanted:
+            write_text_atomic(path, json.dumps(wanted, indent=2), what="ladder settings")
         return
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder} is not empty and holds no ladder: choose another --output-dir")
