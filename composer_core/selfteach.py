@@ -239,3 +239,20 @@ def template_ids(tokenizer: Any, messages: Sequence[Message], chat_template_kwar
     ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
                                         return_dict=False, **chat_template_kwargs)
     return list(ids)
+
+
+def batch_template_ids(tokenizer: Any, conversations: Sequence[Sequence[Message]],
+                       chat_template_kwargs: Mapping[str, Any]) -> list[list[int]]:
+    """`template_ids` of every conversation, each distinct one rendered once and all tokenised in one tokenizer
+    call (siblings often share a teacher context: the same demonstration, or the unchanged prompt)."""
+    keys = [repr(messages) for messages in conversations]
+    firsts: dict[str, int] = {}  # a conversation's text form -> the index of its first occurrence
+    for index, key in enumerate(keys):
+        firsts.setdefault(key, index)
+    if not firsts:
+        return []
+    slots = {key: slot for slot, key in enumerate(firsts)}
+    unique = [list(conversations[index]) for index in firsts.values()]
+    ids = tokenizer.apply_chat_template(unique, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                        **chat_template_kwargs)
+    return [list(ids[slots[key]]) for key in keys]

@@ -22,9 +22,16 @@ import torch
 from datasets import Dataset, Features, Value, concatenate_datasets
 
 from composer_core.errors import ConfigError
-from composer_core.selfteach import Message, RepromptSettings, TeacherContext, message_text, template_ids, truncate
+from composer_core.selfteach import (
+    Message,
+    RepromptSettings,
+    TeacherContext,
+    batch_template_ids,
+    message_text,
+    truncate,
+)
 from composer_trl.targets_data import TargetsReport, TokenizedTarget
-from composer_trl.teacher_context import TeacherBatch, left_padded_teacher_batch, pad_id
+from composer_trl.teacher_context import TeacherBatch, left_padded_teacher_batch, pad_id, prefix_key
 
 TARGET_COLUMN = "sd_target"
 TRL_LOGGER = "trl.trainer.grpo_trainer"
@@ -137,17 +144,21 @@ class OnPolicyTargets:
                       chat_template_kwargs: dict[str, Any]) -> TeacherBatch:
         """Teacher rows laid out as composer_trl.teacher_context lays them out: target rows get their hinted teacher
         context (always distilled), the other rows their `contexts` entry (None: no privileged context)."""
-        rows: list[list[int]] = []
-        distilled: list[bool] = []
-        for prompt, context, target in zip(prompts, contexts, self.batch, strict=True):
-            if target is not None:
-                rows.append(target.teacher_prompt)
-                distilled.append(True)
-            else:
-                messages = context.messages if context is not None and context.messages is not None else prompt
-                rows.append(truncate(template_ids(tokenizer, messages, chat_template_kwargs), settings))
-                distilled.append(context is not None and context.messages is not None)
-        return left_padded_teacher_batch(rows, distilled, completion_ids, completion_mask, pad_id(tokenizer))
+        own = [index for index, target in enumerate(self.batch) if target is None]
+        messages = [teacher_messages_or_prompt(prompts[index], contexts[index]) for index in own]
+        rows: list[list[int]] = [target.teacher_prompt if target is not None else [] for target in self.batch]
+        for index, ids in zip(own, batch_template_ids(tokenizer, messages, chat_template_kwargs), strict=True):
+            rows[index] = truncate(ids, settings)
+        distilled = [target is not None or (context is not None and context.messages is not None)
+                     for context, target in zip(contexts, self.batch, strict=True)]
+        return left_padded_teacher_batch(rows, distilled, completion_ids, completion_mask, pad_id(tokenizer),
+                                         prefix_keys=[prefix_key(prompt, context) for prompt, context
+                                                      in zip(prompts, contexts, strict=True)])
+
+
+def teacher_messages_or_prompt(prompt: Sequence[Message], context: TeacherContext | None) -> Sequence[Message]:
+    """An RL row's teacher messages, or its own prompt when it has no privileged context."""
+    return context.messages if context is not None and context.messages is not None else prompt
 
 
 def skip_target_rows(func: Callable[..., Sequence[Any]]) -> Callable[..., list[Any]]:

@@ -152,6 +152,16 @@ def load_into(target: dict[str, torch.Tensor], weights: dict[str, torch.Tensor])
             tensor.copy_(weights[name])
 
 
+def lerp_toward(pairs: list[tuple[torch.Tensor, torch.Tensor]], rate: float) -> None:
+    """teacher <- teacher + rate (source - teacher) for every (teacher, source) pair, in the teacher's dtype, as one
+    foreach call rather than a kernel per parameter."""
+    if not pairs:
+        return
+    with torch.no_grad():
+        torch._foreach_lerp_([teacher for teacher, _ in pairs],
+                             [source.to(teacher.dtype) for teacher, source in pairs], rate)
+
+
 class LiveTeacher(TeacherWeights):
     strategy = "live"
 
@@ -210,13 +220,14 @@ class EmaTeacher(TeacherWeights):
         return forward(self.module)
 
     def after_step(self, student_model: nn.Module) -> None:
-        """teacher <- (1 - r) teacher + r student, parameter by parameter."""
+        """teacher <- (1 - r) teacher + r student, every parameter in one fused update."""
         student = dict(student_model.named_parameters())
-        with torch.no_grad():
-            for name, teacher in self.module.named_parameters():
-                if name not in student:
-                    raise ConfigError(f"student has no parameter {name!r}; pass the unwrapped model to after_step")
-                teacher.lerp_(student[name].to(teacher.dtype), self.rate)
+        pairs = []
+        for name, teacher in self.module.named_parameters():
+            if name not in student:
+                raise ConfigError(f"student has no parameter {name!r}; pass the unwrapped model to after_step")
+            pairs.append((teacher, student[name]))
+        lerp_toward(pairs, self.rate)
 
     @property
     def held_parameters(self) -> int:
@@ -275,10 +286,8 @@ class AdapterEmaTeacher(TeacherWeights):
             return forward(student_model)
 
     def after_step(self, student_model: nn.Module) -> None:
-        """teacher adapter <- (1 - r) teacher adapter + r student adapter, parameter by parameter."""
-        with torch.no_grad():
-            for teacher, source in self.pairs(student_model):
-                teacher.lerp_(source.to(teacher.dtype), self.rate)
+        """teacher adapter <- (1 - r) teacher adapter + r student adapter, every parameter in one fused update."""
+        lerp_toward(self.pairs(student_model), self.rate)
 
     @property
     def held_parameters(self) -> int:

@@ -77,6 +77,15 @@ class Scoring:
     feedback: list[str | None]
 
 
+def teacher_fields(batch: TeacherBatch, sd_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The teacher rows as scored-batch tensors (one row per completion, so TRL shuffles and splits them with the
+    rest), the prefix groups included when the batch has them."""
+    fields = {"teacher_input_ids": batch.input_ids, "teacher_attention_mask": batch.attention_mask, "sd_mask": sd_mask}
+    if batch.prefix_group is not None and batch.prefix_length is not None:
+        fields.update(teacher_prefix_group=batch.prefix_group, teacher_prefix_length=batch.prefix_length)
+    return fields
+
+
 class ComposerCheckpoint(TrainerCallback):
     """Writes what TRL's checkpoint lacks into it: the self-distillation teacher's weights (EMA state) and where
     the preference pairs' and off-policy targets' cycles stand, so that `train(resume_from_checkpoint=...)`
@@ -388,8 +397,7 @@ class ComposerGRPOTrainer(GRPOTrainer):
         batch = tokenize_teacher_batch(self.processing_class, scoring.prompts, contexts.contexts,
                                        output["completion_ids"], output["completion_mask"], self.reprompt,
                                        self.chat_template_kwargs)
-        return {"teacher_input_ids": batch.input_ids, "teacher_attention_mask": batch.attention_mask,
-                "sd_mask": batch.sd_mask * self._loss_mask(output)}
+        return teacher_fields(batch, batch.sd_mask * self._loss_mask(output))
 
     def _teacher_rows_with_targets(self, output: dict[str, Any], completions: list[str], groups: list[int],
                                    rewards: list[float], hints: list[Any]) -> dict[str, torch.Tensor]:
@@ -417,8 +425,7 @@ class ComposerGRPOTrainer(GRPOTrainer):
                    **self.on_policy_targets.count(rows, loss_mask, sd_mask)}
         for name, value in metrics.items():
             self._metrics[mode][name].append(value)
-        return {"teacher_input_ids": batch.input_ids, "teacher_attention_mask": batch.attention_mask,
-                "sd_mask": sd_mask}
+        return teacher_fields(batch, sd_mask)
 
     def _without_target_rows(self, output: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Target rows have no verifiable reward: their advantage is zero, and the policy channel's token count
@@ -499,7 +506,8 @@ class ComposerGRPOTrainer(GRPOTrainer):
         assert self.teacher is not None
         completion_ids = inputs["completion_ids"]
         batch = TeacherBatch(inputs["teacher_input_ids"], inputs["teacher_attention_mask"], inputs["sd_mask"],
-                             inputs["teacher_input_ids"].size(1) - completion_ids.size(1))
+                             inputs["teacher_input_ids"].size(1) - completion_ids.size(1),
+                             inputs.get("teacher_prefix_group"), inputs.get("teacher_prefix_length"))
         teacher_logits = self.teacher.teacher_logits(self.accelerator.unwrap_model(model), batch.completion_logits)
         return DistillInputs(student_logits, teacher_logits, inputs["sd_mask"], response_mask=self._loss_mask(inputs),
                              token_ids=completion_ids, old_log_prob=inputs.get("old_per_token_logps"))
