@@ -300,7 +300,7 @@ def big_input(tmp_path: Path) -> Path:
     """Copies of the aider history (distinct files): ingestion takes long enough to be caught mid-write."""
     folder = tmp_path / "big"
     folder.mkdir()
-    for index in range(8):
+    for index in range(24):
         shutil.copy(AIDER, folder / f"copy{index}.md")
     return folder
 
