@@ -22,7 +22,15 @@ from composer_core.errors import ConfigError
 from composer_core.experiment.plots import plot_ladder
 from composer_core.experiment.replay_pairs import build_pairs
 from composer_core.experiment.results import summarise, table
-from composer_core.experiment.runs import ARM_TITLES, arm_config, embedded_model_folder, run_arm, run_name
+from composer_core.experiment.runs import (
+    ARM_TITLES,
+    arm_config,
+    embedded_model_folder,
+    log_path,
+    result_path,
+    run_arm,
+    run_name,
+)
 from composer_core.experiment.settings import LadderSettings
 from composer_core.experiment.task_files import write_task_files
 from composer_core.files import write_text_atomic
@@ -51,10 +59,14 @@ def run_ladder(settings: LadderSettings, output_dir: str | os.PathLike[str], *, 
     records = []
     for index, (arm, seed) in enumerate(plan, start=1):
         config = arm_config(settings, arm, seed, files.config(), pairs["pairs"] if pairs else None)
-        started = time.perf_counter()
+        started, done_before = time.perf_counter(), result_path(folder, arm, seed).is_file()
+        if not done_before:
+            print(f"[{index}/{len(plan)}] {run_name(arm, seed)} {ARM_TITLES[arm]}: training (its progress: "
+                  f"{log_path(folder, arm, seed)})", file=sys.stderr)
         record = run_arm(folder, settings, arm, seed, config)
         records.append(record)
-        print(progress_line(index, len(plan), record, time.perf_counter() - started), file=sys.stderr)
+        seconds = None if done_before else time.perf_counter() - started
+        print(progress_line(index, len(plan), record, seconds), file=sys.stderr)
     result = {"settings": settings.model_dump(mode="json"), "command": command, "software": software(),
               "pairs": pairs, "arms": summarise(settings.arms, records), "runs": records}
     write_text_atomic(folder / RESULT_FILE, json.dumps(result, indent=2), what="ladder results")
@@ -84,14 +96,15 @@ def claim_folder(folder: Path, settings: LadderSettings) -> None:
     write_text_atomic(path, json.dumps(wanted, indent=2), what="ladder settings")
 
 
-def progress_line(index: int, total: int, record: dict[str, Any], seconds: float) -> str:
+def progress_line(index: int, total: int, record: dict[str, Any], seconds: float | None) -> str:
+    """One run's outcome; `seconds` None for a run a previous ladder finished."""
     name = f"[{index}/{total}] {run_name(record['arm'], record['seed'])} {ARM_TITLES[record['arm']]}"
     if record["status"] == "failed":
         return f"{name}: FAILED (exit {record['exit_code']}), see {record['log']}"
     verdict = " (stopped by the guard: " + ", ".join(record["guard_rules"]) + ")" \
         if record["status"] == "collapsed" else ""
     return (f"{name}: eval reward {record['eval_reward_before']:.3f} -> {record['eval_reward_after']:.3f}{verdict}, "
-            f"{record['steps']} steps, {seconds:.0f} s")
+            f"{record['steps']} steps, " + ("done earlier" if seconds is None else f"{seconds:.0f} s"))
 
 
 def ladder_title(settings: LadderSettings) -> str:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from composer_core.errors import ComposerError
 from composer_core.experiment.settings import LadderSettings
 from composer_core.files import write_text_atomic
@@ -58,7 +60,7 @@ def write_agent_traces(path: Path, rows: list[dict[str, Any]], model_folder: Pat
     """One OpenAI-messages session per prompt: the prompt and the base model's greedy answer."""
     author = LocalHFTeacher("base-policy", model_folder, max_new_tokens=settings.teacher_max_new_tokens)
     sessions = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(tqdm(rows, desc="A3 pairs: the base model's answers", unit="prompt")):
         reply = asyncio.run(author.complete(row["prompt"]))
         sessions.append({"id": f"arithmetic-{index}",
                          "messages": [*row["prompt"], {"role": "assistant", "content": reply.content}]})
@@ -90,10 +92,10 @@ def pair_quality(pairs_path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def cli(*args: str) -> str:
-    """Run `composer-core ARGS` as a user would; its stdout, or an error with the end of its stderr."""
-    result = subprocess.run([sys.executable, "-m", "composer_core.cli", *args], capture_output=True, text=True,
+    """Run `composer-core ARGS` as a user would, its progress and summary on our stderr; returns its stdout."""
+    result = subprocess.run([sys.executable, "-m", "composer_core.cli", *args], stdout=subprocess.PIPE, text=True,
                             check=False)
     if result.returncode != 0:
-        raise ComposerError(f"composer-core {args[0]} {args[1]} failed (exit {result.returncode}): "
-                            f"{result.stderr.strip()[-2000:]}")
+        raise ComposerError(f"composer-core {args[0]} {args[1]} failed (exit {result.returncode}); its error is "
+                            "printed above")
     return result.stdout

@@ -39,6 +39,16 @@ def run_name(arm: Arm, seed: int) -> str:
     return f"{arm}-seed{seed}"
 
 
+def result_path(folder: Path, arm: Arm, seed: int) -> Path:
+    """The record of a finished (or collapsed) run; its presence is what a resumed ladder skips."""
+    return folder / "results" / f"{run_name(arm, seed)}.json"
+
+
+def log_path(folder: Path, arm: Arm, seed: int) -> Path:
+    """Where the run's `composer-core train` output goes (its progress bar, its summary, any error)."""
+    return folder / "logs" / f"{run_name(arm, seed)}.log"
+
+
 def arm_config(settings: LadderSettings, arm: Arm, seed: int, data: dict[str, Any], pairs: str | None
                ) -> ComposerConfig:
     """The base job with the arm's channels switched on, the seed, the model and the task files; every arm gets
@@ -58,7 +68,7 @@ def arm_config(settings: LadderSettings, arm: Arm, seed: int, data: dict[str, An
 def run_arm(folder: Path, settings: LadderSettings, arm: Arm, seed: int, config: ComposerConfig) -> dict[str, Any]:
     """Train one arm-seed (or resume it) and return its record, which is also written to results/."""
     name = run_name(arm, seed)
-    record_path = folder / "results" / f"{name}.json"
+    record_path = result_path(folder, arm, seed)
     if record_path.is_file():
         return json.loads(record_path.read_text(encoding="utf-8"))
     config_path = folder / "configs" / f"{name}.json"
@@ -67,7 +77,7 @@ def run_arm(folder: Path, settings: LadderSettings, arm: Arm, seed: int, config:
     out = folder / "runs" / name
     command = [sys.executable, "-m", "composer_core.cli", "train", "--backend", settings.backend,
                "--config", str(config_path), "--output-dir", str(out), *resume_option(out)]
-    log = folder / "logs" / f"{name}.log"
+    log = log_path(folder, arm, seed)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("a", encoding="utf-8") as stream:  # a resumed run's log follows the interrupted one's
