@@ -305,12 +305,21 @@ def big_input(tmp_path: Path) -> Path:
     return folder
 
 
+def as_started_from_a_shell() -> None:
+    """The child's signals as a terminal's shell leaves them: SIGINT's default action and nothing blocked. A test
+    worker may have inherited or set other dispositions (libraries loaded in-process by earlier tests do), which the
+    child would otherwise inherit across exec, and then a SIGINT would never reach it."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_then_signal(tmp_path: Path, source: Path, out: Path, signal_number: int) -> subprocess.Popen:
     """Start an ingest, wait (bounded) until its temporary output holds data, then send the signal; its stderr
     goes to tmp_path/stderr.txt."""
     with (tmp_path / "stderr.txt").open("w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "composer_core.cli", "traces", "ingest", str(source),
-                                    "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr)
+                                    "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                   preexec_fn=as_started_from_a_shell)
     deadline = time.monotonic() + DEADLINE_S
     while not any(path.stat().st_size for path in tmp_path.glob(f".{out.name}.*.partial")):
         assert process.poll() is None, "the ingest ended before it could be interrupted"
@@ -329,7 +338,7 @@ def test_a_killed_or_interrupted_ingest_keeps_the_previous_output(tmp_path: Path
     out.write_text('{"previous": "complete output"}\n')
     before = digest(out)
     process = _start_then_signal(tmp_path, big_input, out, signal_number)
-    assert process.returncode != 0
+    assert process.returncode != 0, (tmp_path / "stderr.txt").read_text()[-2000:]
     assert digest(out) == before
     leftovers = list(tmp_path.glob(".traces*.partial"))
     assert leftovers == [] if signal_number == signal.SIGINT else all(path.name.startswith(".") for path in leftovers)
