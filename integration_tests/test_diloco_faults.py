@@ -31,7 +31,7 @@ from composer_diloco.merge import weights
 
 TINY = {"data": {"train_size": 64, "eval_size": 2},
         "run": {"prompts_per_step": 2, "num_generations": 2, "max_completion_length": 4, "logging_steps": 1}}
-RUN_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 480  # a bound on a run that hangs; a loaded 2-core machine has needed over 240 s
 # long enough (about 0.2 s an inner step here) that the live replica still trains when the restarted or thawed one,
 # which needs about 10 s to start, comes back: a replica can only heal from a peer that is still running
 RESTART_STEPS = 160
