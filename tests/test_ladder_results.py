@@ -17,7 +17,7 @@ from composer_core.cli.main import build_parser
 from composer_core.errors import ConfigError
 from composer_core.experiment.ladder import claim_folder
 from composer_core.experiment.results import interval, summarise, t_quantile, table
-from composer_core.experiment.runs import arm_config, steady_step_time
+from composer_core.experiment.runs import arm_config, default_model_folder, steady_step_time
 from composer_core.experiment.settings import ARMS, preset
 from composer_core.experiment.task_files import REWARD, rows
 
@@ -138,3 +138,9 @@ def test_a_folder_is_resumed_or_extended_only_under_the_same_settings(tmp_path: 
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds no ladder"):
         claim_folder(other, preset(None, quick=True))
+
+
+def test_replay_teachers_use_the_backend_s_default_model_or_ask_for_one() -> None:
+    assert (default_model_folder("trl") / "config.json").is_file()  # the trl backend's embedded model
+    with pytest.raises(ConfigError, match="names no default one: give --model"):
+        default_model_folder("verl")

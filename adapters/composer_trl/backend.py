@@ -5,6 +5,7 @@ TRL is imported only when a job runs, so composer-core keeps working where the `
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from composer_core.backends import Backend
@@ -21,6 +22,12 @@ def _train(config: ComposerConfig, **options: Any) -> dict[str, Any]:
     return run_job(config, **options)
 
 
+def _default_model() -> Path:
+    from composer_trl.defaults import EMBEDDED_MODEL  # a path only: no TRL import
+
+    return EMBEDDED_MODEL
+
+
 def _native_config(config: ComposerConfig, *, run_settings: bool = False) -> str:
     from composer_trl.trl_settings import native_config
 
@@ -30,4 +37,4 @@ def _native_config(config: ComposerConfig, *, run_settings: bool = False) -> str
 @hookimpl
 def register_backends(register: Register) -> None:
     register(Backend("trl", "TRL's GRPOTrainer with the composer loss (the embedded default runs on CPU)",
-                     _train, _native_config))
+                     _train, _native_config, _default_model))

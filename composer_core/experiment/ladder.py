@@ -25,7 +25,7 @@ from composer_core.experiment.results import summarise, table
 from composer_core.experiment.runs import (
     ARM_TITLES,
     arm_config,
-    embedded_model_folder,
+    default_model_folder,
     log_path,
     result_path,
     run_arm,
@@ -50,7 +50,7 @@ def run_ladder(settings: LadderSettings, output_dir: str | os.PathLike[str], *, 
     if settings.needs_pairs:
         print("A3 pairs: replaying the base model's answers with local teachers (composer-core traces replay)",
               file=sys.stderr)
-        model = resolve_model_folder(settings.model) if settings.model else embedded_model_folder()
+        model = resolve_model_folder(settings.model) if settings.model else default_model_folder(settings.backend)
         pairs = build_pairs(folder, files.train, model, settings)
         print(f"A3 pairs: {pairs['pair_count']} pairs from {pairs['prompts']} prompts, chosen answer right "
               f"{pairs['chosen_correct']:.0%}, rejected right {pairs['rejected_correct']:.0%} "

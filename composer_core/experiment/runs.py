@@ -8,7 +8,6 @@ it. An interrupted run resumes from its last checkpoint, or starts over when it 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import statistics
@@ -19,10 +18,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from composer_core.config import ComposerConfig
-from composer_core.errors import ComposerError, ConfigError
+from composer_core.errors import ConfigError
 from composer_core.experiment.settings import Arm, LadderSettings
 from composer_core.files import write_text_atomic
 from composer_core.guard import GUARD_EXIT_CODE
+from composer_core.plugins import registries
 
 ARM_TITLES: dict[Arm, str] = {
     "A1": "GRPO (dr_grpo)",
@@ -158,11 +158,10 @@ def steady_step_time(rows: list[dict[str, Any]]) -> float | None:
 CURVES = ("reward", "step_time", "composer/distill/loss", "composer/preference/loss", "composer/preference/accuracy")
 
 
-def embedded_model_folder() -> Path:
-    """The trl backend's embedded model (the replay teachers' model when no --model is given)."""
-    try:
-        from composer_trl.defaults import EMBEDDED_MODEL
-    except ImportError:
-        raise ComposerError("A3's replay teachers need a model: give --model, or install composer-core[trl] for its "
-                            "embedded one") from None
-    return Path(os.fspath(EMBEDDED_MODEL))
+def default_model_folder(backend: str) -> Path:
+    """The backend's own default model (the replay teachers' model when no --model is given)."""
+    default = registries().backends.get(backend).default_model
+    if default is None:
+        raise ConfigError(f"A3's replay teachers need a model and the {backend} backend names no default one: give "
+                          "--model")
+    return default()
