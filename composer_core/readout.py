@@ -23,11 +23,13 @@ class Readout:
             self._by_dtype.setdefault(value.dtype, {})[name] = value.detach()
 
     def read(self) -> dict[str, float]:
-        """Every value as a Python float, with one transfer: the values are stacked in their promoted dtype
-        (float32 and float64 read in float64, which is exact)."""
+        """Every value as a Python float, with one transfer: the values are stacked in their promoted dtype, or in
+        float64 where integers meet floats (float32 would round counts above 2**24; float64 holds both exactly)."""
         if not self._by_dtype:
             return {}
         dtype = functools.reduce(torch.promote_types, self._by_dtype)
+        if dtype.is_floating_point and any(not group.is_floating_point for group in self._by_dtype):
+            dtype = torch.float64
         vectors = [torch.stack(list(group.values())).to(dtype) for group in self._by_dtype.values()]
         names = [name for group in self._by_dtype.values() for name in group]
         vector = vectors[0] if len(vectors) == 1 else torch.cat(vectors)

@@ -355,6 +355,26 @@ def test_teacher_topk_tensors_equal_full_teacher_logits() -> None:
     assert composite.metrics == pytest.approx(full_metrics, rel=1e-6)
 
 
+def test_a_non_finite_teacher_log_prob_is_named_on_targeted_tokens_only() -> None:
+    """The top-K route checks its per-token loss from one probe read with the metrics; a NaN in the teacher's
+    log-probs is named when a targeted token reads it, and ignored off the distillation mask."""
+    batch = distill_batch()
+    composite = ComposerCompositeLoss(**POLICY_ARGUMENTS, distill=DISTILL)
+    ids, log_probs = teacher_topk(batch["teacher_logits"], DISTILL["top_k"], DISTILL["temperature"])
+    targeted = (batch["distill_mask"] & batch["padding_masks"]).nonzero()[0].tolist()
+    untargeted = (~batch["distill_mask"] & batch["padding_masks"]).nonzero()[0].tolist()
+    for (row, column), raises in ((untargeted, False), (targeted, True)):
+        poisoned = log_probs.double().clone()
+        poisoned[row, column, 0] = float("nan")
+        arguments = {"student_logits": batch["student_logits"], "distill_mask": batch["distill_mask"],
+                     "teacher_topk_ids": ids, "teacher_topk_log_probs": poisoned}
+        if raises:
+            with pytest.raises(NonFiniteError, match="distillation per-token loss"):
+                call(composite, batch, **arguments)
+        else:
+            assert torch.isfinite(call(composite, batch, **arguments)[0])
+
+
 @pytest.mark.parametrize("teacher", ["logits", "topk"])
 def test_empty_distill_mask_is_reported_not_silent(teacher: str) -> None:
     batch = {**distill_batch(), "distill_mask": torch.zeros(BATCH, LENGTH, dtype=torch.bool)}

@@ -27,11 +27,12 @@ from composer_core import (
     Normaliser,
     PolicyInputs,
 )
-from composer_core.contracts import as_bool_mask, check_finite, check_same_shape
+from composer_core.contracts import as_bool_mask, check_finite, check_same_shape, finite_probe, is_finite_sum
 from composer_core.distill import distill_per_token_precomputed, importance_weight
 from composer_core.objectives import aggregate, kl_estimate
 from composer_core.objectives.aggregation import AggregationMode, masked_mean
 from composer_core.objectives.kl import KLEstimator
+from composer_core.readout import Readout
 from composer_torchtune.loss_settings import (
     TORCHTUNE_KL_COEFF,
     composer_config,
@@ -297,24 +298,29 @@ class ComposerCompositeLoss(_TorchtuneLoss):
         The IS weight uses pi_logprobs, the recipe's log-probs of the sampled tokens at the rollout temperature:
         the same numbers the core recomputes from the logits."""
         settings = self.config.distill
-        tokens = int(mask.sum())
-        metrics = {"distill/tokens": float(tokens), "distill/empty_mask": float(tokens == 0),
-                   "distill/rows_targeted": float(mask.any(-1).sum()),
-                   "distill/coverage": tokens / max(int(response.sum()), 1)}
+        counts = Readout()  # one read: the token count decides the path
+        counts.add(tokens=mask.sum(), rows=mask.any(-1).sum(), responses=response.sum())
+        read = counts.read()
+        tokens = read["tokens"]
+        metrics = {"distill/tokens": tokens, "distill/empty_mask": float(tokens == 0),
+                   "distill/rows_targeted": read["rows"], "distill/coverage": tokens / max(read["responses"], 1.0)}
         if tokens == 0:
             return self._empty_distill(student_logits, metrics)
         per_token = distill_per_token_precomputed(
             student_logits, ids, log_probs, support=settings.support, alpha=settings.alpha, tail=settings.tail,
             temperature=settings.temperature, pointwise_clip=settings.pointwise_clip, divergence=self.core.divergence,
             mask=mask)
+        readout = Readout()
         if settings.is_clip is not None:
             weight = torch.where(mask, importance_weight(pi_logprobs, pi_old_logprobs, settings.is_clip), 0.0)
             per_token = per_token * weight
-            metrics["distill/is_weight_mean"] = masked_mean(weight, mask).item()
-        check_finite("distillation per-token loss", per_token, mask)
+            readout.add(**{"distill/is_weight_mean": masked_mean(weight, mask)})
         value = aggregate(per_token, mask, settings.aggregation, scoped(normaliser, settings.normaliser))
-        metrics["distill/loss"] = value.item()
-        return value, metrics
+        readout.add(**{"probe": finite_probe(per_token), "distill/loss": value})
+        read = readout.read()
+        if not is_finite_sum(read.pop("probe")):  # only then the exact check, which names the bad tokens
+            check_finite("distillation per-token loss", per_token, mask)
+        return value, {**metrics, **read}
 
     def _empty_distill(self, student_logits: torch.Tensor, metrics: dict[str, float]
                        ) -> tuple[torch.Tensor, dict[str, float]]:

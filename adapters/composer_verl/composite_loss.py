@@ -35,6 +35,7 @@ from composer_core.errors import BatchError, ConfigError
 from composer_core.loss import EmptyDistillMaskWarning
 from composer_core.objectives import aggregate
 from composer_core.objectives.aggregation import masked_mean
+from composer_core.readout import Readout
 from composer_verl.actor_settings import global_normaliser
 from composer_verl.layout import to_packed
 from composer_verl.policy_loss import LOSS_MODE_PREFIX, make_policy_loss_fn
@@ -188,15 +189,20 @@ class ComposerActorLoss:
         padded = data.select("response_mask", "old_log_probs", DISTILL_MASK).to_padded_tensor()
         response = padded["response_mask"].bool()
         mask = response & padded[DISTILL_MASK].bool()
-        tokens = int(mask.sum())
-        metrics: dict[str, Any] = {"distill/tokens": Metric(AggregationType.SUM, float(tokens)),
-                                   "distill/coverage": Metric(AggregationType.MEAN,
-                                                              tokens / max(int(response.sum()), 1))}
+        readout = Readout()  # the counts and the IS weight's mean in one device read
+        readout.add(tokens=mask.sum(), responses=response.sum())
         if settings.is_clip is not None:
             log_prob = no_padding_2_padding(model_output["log_probs"], data)
             weight = importance_weight(log_prob, padded["old_log_probs"], settings.is_clip)
             per_token = per_token * weight
-            metrics["distill/is_weight_mean"] = Metric(AggregationType.MEAN, masked_mean(weight, mask).item())
+            readout.add(is_weight_mean=masked_mean(weight, mask))
+        read = readout.read()
+        tokens = read["tokens"]
+        metrics: dict[str, Any] = {"distill/tokens": Metric(AggregationType.SUM, tokens),
+                                   "distill/coverage": Metric(AggregationType.MEAN,
+                                                              tokens / max(read["responses"], 1.0))}
+        if "is_weight_mean" in read:
+            metrics["distill/is_weight_mean"] = Metric(AggregationType.MEAN, read["is_weight_mean"])
         if tokens == 0:
             self._report_empty()
         info = {"dp_size": data["dp_size"], "batch_num_tokens": data["batch_num_tokens"],

@@ -19,6 +19,7 @@ from composer_core import registries
 from composer_core.objectives import Normaliser, PolicyBatch, aggregate
 from composer_core.objectives.aggregation import masked_mean
 from composer_core.objectives.base import Objective, ObjectiveParams, TokenLoss
+from composer_core.readout import Readout
 from composer_verl.actor_settings import global_normaliser, objective_params
 from composer_verl.twins import effective_aggregation, twin_metrics
 
@@ -38,9 +39,12 @@ def loss_mode_name(objective_name: str) -> str:
 
 
 def verl_metrics(token: TokenLoss, mask: torch.Tensor) -> dict[str, float]:
-    """Masked means of the objective's statistics under VeRL's names (others as `actor/composer/<stat>`)."""
-    return {VERL_METRIC_NAMES.get(name, f"actor/composer/{name}"): masked_mean(stat, mask).item()
-            for name, stat in token.stats.items()}
+    """Masked means of the objective's statistics under VeRL's names (others as `actor/composer/<stat>`), read
+    from the device in one transfer."""
+    readout = Readout()
+    readout.add(**{VERL_METRIC_NAMES.get(name, f"actor/composer/{name}"): masked_mean(stat, mask)
+                   for name, stat in token.stats.items()})
+    return readout.read()
 
 
 def verl_divides_by_zero(mask: torch.Tensor, aggregation: str, normaliser: Normaliser) -> bool:

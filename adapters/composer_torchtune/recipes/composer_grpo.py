@@ -28,6 +28,7 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 
 from composer_core.guard import GUARD_EXIT_CODE, Guard, GuardConfig
 from composer_core.guard.good_state import GoodState
+from composer_core.readout import Readout
 from composer_core.selfteach import RepromptSettings
 from composer_torchtune import distributed
 from composer_torchtune.model_folder import embedded_model
@@ -184,8 +185,9 @@ class ComposerGRPORecipe(FTRecipeInterface):
                                       self.world_size))
         loss, policy_loss, kl_loss, ratios, clipfrac = self.loss_fn(
             batch.old_logprobs, logprobs, batch.ref_logprobs, batch.advantages, batch.mask, **extra)
-        metrics = {"loss": loss.item(), "policy_loss": policy_loss.item(), "kl": kl_loss.item(),
-                   "ratios": ratios.item(), "clip_fraction": clipfrac.item(),
+        readout = Readout()  # one device read for the five, not one each
+        readout.add(loss=loss, policy_loss=policy_loss, kl=kl_loss, ratios=ratios, clip_fraction=clipfrac)
+        metrics = {**readout.read(),
                    **{key: float(value) for key, value in getattr(self.loss_fn, "metrics", {}).items()}}
         return loss, metrics
 
