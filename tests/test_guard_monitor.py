@@ -206,11 +206,26 @@ def test_report_holds_the_whole_story_of_a_stopped_run() -> None:
     assert (stop["last_good_step"], stop["checkpoint"]) == (2, "runs/x/last-good")
     assert report["last_good_step"] == 2 and report["steps_observed"] == 4
     assert report["skipped_steps"] == [{"step": 3, "reason": "non-finite gradients"}]
-    assert [(event["rule"], event["step"], event["action"]) for event in report["findings"]] == [
-        ("all_truncated", 3, "warn"), ("non_finite", 4, "stop"), ("all_truncated", 4, "warn")]
+    assert [(event["rule"], event["step"], event["last_step"], event["action"]) for event in report["findings"]] == [
+        ("all_truncated", 3, 4, "warn"), ("non_finite", 4, 4, "stop")]  # a warning lasting two steps: one event
     rules = {entry["name"]: entry for entry in report["rules"]}
     assert rules["all_truncated"]["params"] == {"fraction": 1.0, "patience": 1.0}
     assert rules["non_finite"] == {"name": "non_finite", "action": "stop", "params": {}}
+
+
+def test_a_lasting_warning_is_one_event_printed_once_and_a_new_one_after_it_clears() -> None:
+    """entropy_collapse's fast fall (warn) holds for as long as the fall_window still reaches back before the fall:
+    one event and one printed line for the whole stretch, `guard/entropy_collapse` at every step; once it clears,
+    a second fall is a second event."""
+    guard = Guard(GuardConfig())
+    entropies = [2.0] * 12 + [0.1] * 12 + [2.0] * 12 + [0.1] * 3
+    decisions = [guard.observe(step, {"entropy": value}) for step, value in enumerate(entropies, start=1)]
+    warned = [decision.step for decision in decisions if decision.metrics().get("guard/entropy_collapse")]
+    printed = [decision.step for decision in decisions for _ in decision.lines()]
+    events = [(event["step"], event["last_step"], event["steps"]) for event in guard.report()["findings"]]
+    first_fall = list(range(15, 24))  # the fall is seen from step 15 until the window no longer reaches before it
+    assert warned == [*first_fall, 39] and printed == [15, 39]
+    assert events == [(15, 23, len(first_fall)), (39, 39, 1)]
 
 
 def test_a_run_that_did_not_stop_reports_exit_code_zero() -> None:

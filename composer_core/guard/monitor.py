@@ -42,6 +42,7 @@ class Finding:
     message: str
     since_step: int
     values: dict[str, float]
+    continued: bool = False  # the rule also tripped at the step observed before: the same condition going on
 
     def line(self) -> str:
         return f"guard: step {self.step}: {self.rule} ({self.action}): {self.message} (since step {self.since_step})"
@@ -63,7 +64,9 @@ class StepDecision:
         return {f"guard/{finding.rule}": 1.0 for finding in self.findings}
 
     def lines(self) -> list[str]:
-        return [finding.line() for finding in self.findings]
+        """A line per finding, except warnings that continue from the step before: a condition that lasts is
+        printed when it starts (its `guard/<rule>` metric stays 1 at every step)."""
+        return [finding.line() for finding in self.findings if not (finding.continued and finding.action == "warn")]
 
 
 def active_rules(config: GuardConfig, registry: Registry[Any] | None = None) -> list[ActiveRule]:
@@ -108,6 +111,7 @@ class Guard:
         self.rollbacks: list[dict[str, Any]] = []
         self.last_good_step: int | None = None
         self.stop: dict[str, Any] | None = None
+        self._ongoing: dict[str, dict[str, Any]] = {}  # rule -> its event, for rules that tripped at the last step
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> StepDecision:
         """Record one step's metrics (canonical names, composer_core.guard.metrics) and decide."""
@@ -124,19 +128,33 @@ class Guard:
         decision = StepDecision(step, max((finding.action for finding in findings), key=SEVERITY.__getitem__,
                                           default="none"), healthy=not suspect, findings=findings)
         self._limit_rollbacks(decision)
-        for finding in findings:
-            self.events.append(asdict(finding))
+        self._record(findings)
         return decision
+
+    def _record(self, findings: list[Finding]) -> None:
+        """Findings into the report: a rule that keeps tripping step after step is one event, its `last_step` and
+        `steps` counting how long it lasted."""
+        ongoing = {}
+        for finding in findings:
+            event = self._ongoing.get(finding.rule)
+            if event is None:
+                event = {**asdict(finding), "last_step": finding.step, "steps": 1}
+                self.events.append(event)
+            else:
+                event["last_step"], event["steps"] = finding.step, event["steps"] + 1
+            ongoing[finding.rule] = event
+        self._ongoing = ongoing
 
     def non_finite_update(self, step: int) -> StepDecision:
         """The update of `step` made a weight non-finite and the backend took it back: the non_finite rule's
         finding, with its action (a warning when that rule is off: the update is taken back all the same)."""
         active = next((rule for rule in self.rules if rule.rule.name == "non_finite"), None)
         finding = Finding("non_finite", step, active.action if active else "warn", True,
-                          "the update made a weight non-finite; it was taken back", step, {})
+                          "the update made a weight non-finite; it was taken back", step, {},
+                          continued="non_finite" in self._ongoing)
         decision = StepDecision(step, finding.action, healthy=False, findings=[finding])
         self._limit_rollbacks(decision)
-        self.events.append(asdict(finding))
+        self._record([finding])
         return decision
 
     def _limit_rollbacks(self, decision: StepDecision) -> None:
@@ -146,7 +164,8 @@ class Guard:
 
     def _finding(self, active: ActiveRule, step: int, verdict: Verdict) -> Finding:
         return Finding(active.rule.name, step, active.action, verdict.tripped, verdict.message, verdict.since_step,
-                       {name: float(value) for name, value in verdict.values.items()})
+                       {name: float(value) for name, value in verdict.values.items()},
+                       continued=active.rule.name in self._ongoing)
 
     def kept_good_state(self, step: int) -> None:
         """The backend kept the state the run was in after `step` updates as the last good one."""
@@ -163,6 +182,7 @@ class Guard:
             raise ValueError("rolled_back without a kept good state")
         self.rollbacks.append({"step": step, "restored_step": self.last_good_step, "learning_rate": learning_rate})
         self.history.truncate_after(self.last_good_step)
+        self._ongoing = {}
 
     def stopped(self, decision: StepDecision, checkpoint: str | None) -> None:
         """The run stops at this decision; `checkpoint` is where the last good state was saved."""
