@@ -38,6 +38,9 @@ class DilocoConfig(StrictModel):
                              "transfer: a replica that hangs in a sync is timed out and the sync discarded")
     max_restarts: int = Field(3, ge=0, description="the local launcher restarts a dead replica this many times "
                               "(it resumes from its checkpoint and heals from a live peer)")
+    step_checksums: bool = Field(True, description="record in diloco.json a sha256 of the weights each outer step "
+                                 "produced (one pass over the synced fragment, copied to the CPU), so that replicas "
+                                 "are compared at every step; off for models where that pass is too slow")
 
     @model_validator(mode="after")
     def _torchft_rules(self) -> DilocoConfig:

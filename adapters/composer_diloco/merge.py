@@ -3,8 +3,9 @@
 OUTPUT/metrics.jsonl holds every replica's rows with a `replica` field; OUTPUT/metrics.png draws one curve per replica
 (composer_diloco.plots); OUTPUT/summary.json has the eval rewards and steps (as the other backends' summaries), each
 replica's summary and exits, and `faults`: deaths (signal or exit code), restarts, replicas stopped as stragglers,
-failed syncs and heals, the quorum size of every outer step, outer steps applied twice or by nobody, and whether the
-final weights are finite and identical on every replica (their checksums, from each replica's diloco.json).
+failed syncs and heals, the quorum size of every outer step, outer steps applied twice or by nobody or after which
+the replicas' weights differ (`diverged`, from the per-step checksums), and whether the final weights are finite and
+identical on every replica (their checksums, from each replica's diloco.json).
 """
 
 from __future__ import annotations
@@ -53,9 +54,20 @@ def metric_rows(folder: Path, replica_id: int) -> list[dict[str, Any]]:
     return rows
 
 
+def diverged(records: dict[int, dict[str, Any] | None]) -> dict[str, dict[str, str]]:
+    """The outer steps after which the replicas that applied them recorded different weights (their checksums, by
+    replica): a quorum's replicas must all hold the same outer model. Entries without a checksum are skipped."""
+    checksums: dict[int, dict[str, str]] = {}
+    for replica_id, record in records.items():
+        for entry in (record or {}).get("outer_steps", []):
+            if entry.get("checksum"):
+                checksums.setdefault(entry["step"], {})[str(replica_id)] = entry["checksum"]
+    return {str(step): checksums[step] for step in sorted(checksums) if len(set(checksums[step].values())) > 1}
+
+
 def outer_steps(records: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
     """Per outer step, the quorum size the replicas saw; steps some replica applied twice; steps below the last one
-    that no replica applied."""
+    that no replica applied; steps whose replicas ended with different weights."""
     sizes: dict[int, set[int]] = {}
     twice: dict[int, list[int]] = {}
     for replica_id, record in records.items():
@@ -68,6 +80,7 @@ def outer_steps(records: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
     last = max(sizes, default=0)
     return {"count": last, "quorum_sizes": {str(step): sorted(sizes[step]) for step in sorted(sizes)},
             "applied_twice": twice, "applied_by_nobody": [step for step in range(1, last + 1) if step not in sizes],
+            "diverged": diverged(records),
             "per_replica": {str(replica_id): [entry["step"] for entry in (record or {}).get("outer_steps", [])]
                             for replica_id, record in records.items()}}
 

@@ -37,7 +37,7 @@ from torchft.local_sgd import DiLoCo
 from composer_core.diloco_settings import DilocoConfig
 from composer_core.errors import ConfigError
 from composer_core.outer_loop import InnerLoop
-from composer_diloco.record import ReplicaRecord
+from composer_diloco.record import ReplicaRecord, weights_checksum
 
 
 class NonFiniteWeights(RuntimeError):
@@ -84,6 +84,7 @@ class TorchftDiloco:
         self.inner: InnerLoop | None = None
         self.manager: ObservedManager | None = None
         self.diloco: DiLoCo | None = None
+        self.fragments: list[nn.ParameterList] = []
         self.store: TCPStore | None = None
         self.hooks: list[RemovableHandle] = []
         self.steps = 0  # inner steps applied, as the backend counts them
@@ -98,11 +99,11 @@ class TorchftDiloco:
     def begin(self, inner: InnerLoop) -> None:
         self.inner, self.steps = inner, inner.step
         settings = self.settings
-        fragments = split_fragments(self.trainable(), settings.fragments)
+        self.fragments = split_fragments(self.trainable(), settings.fragments)
         self.manager = self._manager()
         outer = [torch.optim.SGD(fragment.parameters(), lr=settings.outer_lr, momentum=settings.outer_momentum,
-                                 nesterov=settings.nesterov) for fragment in fragments]
-        self.diloco = DiLoCo(self.manager, list(fragments), inner.optimizer, outer, sync_every=settings.sync_every,
+                                 nesterov=settings.nesterov) for fragment in self.fragments]
+        self.diloco = DiLoCo(self.manager, list(self.fragments), inner.optimizer, outer, sync_every=settings.sync_every,
                              fragment_sync_delay=settings.fragment_sync_delay)
         self.hooks.append(inner.optimizer.register_step_post_hook(self._before_sync))  # runs before DiLoCo's hooks
         self.diloco.__enter__()
@@ -171,10 +172,12 @@ class TorchftDiloco:
         if vote is None:
             return  # no sync this step
         self.inner.after_outer_step()
+        fragment = (vote["step"] - 1) % self.settings.fragments
         entry = {"step": vote["step"], "quorum_size": vote["quorum_size"], "inner_step": self.steps,
-                 "fragment": (vote["step"] - 1) % self.settings.fragments}
+                 "fragment": fragment}
         if vote["committed"]:
-            self.record.event("outer_steps", entry)
+            checksum = {"checksum": self.outer_checksum(fragment)} if self.settings.step_checksums else {}
+            self.record.event("outer_steps", {**entry, **checksum})
         else:
             self.record.event("failed_syncs", {**entry, "error": vote["error"]})
             print(f"diloco: the sync at step {self.steps} was discarded by the replicas ({vote['error']}); the round's "
@@ -212,6 +215,11 @@ class TorchftDiloco:
 
     def trainable(self) -> list[nn.Parameter]:
         return [parameter for _, parameter in self.named_trainable()]
+
+    def outer_checksum(self, fragment: int) -> str:
+        """sha256 of `fragment`'s weights right after an outer step updated it: torchft has just set them to the new
+        outer model (fragment_update_alpha 0), the same on every replica of the step's quorum."""
+        return weights_checksum(list(self.fragments[fragment].parameters()))[0]
 
     def _unhook(self) -> None:
         for hook in self.hooks:

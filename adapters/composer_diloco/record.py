@@ -2,10 +2,12 @@
 
 Fields: replica_id; diloco (the settings); status (running, completed, left_quorum, interrupted, failed); attempts
 (one per process: resume, start_step, end_step, status, reason); outer_steps (committed outer steps: step = the
-outer step number torchft's Manager counts, quorum_size, inner_step, fragment, attempt); failed_syncs (the same for
-syncs every replica discarded, with the error); heals (from_replica, outer_step, inner_step, donor_position,
-init_sync, attempt); final_checksum (sha256 of the final outer weights, only for a completed run; equal on every
-replica that finished together) and final_finite.
+outer step number torchft's Manager counts, quorum_size, inner_step, fragment, attempt, and checksum: sha256 of the
+fragment's outer weights the step produced, equal on every replica of its quorum, so replicas can be compared step
+by step even in a run that was interrupted); failed_syncs (the same without the checksum, for syncs every replica
+discarded, with the error); heals (from_replica, outer_step, inner_step, donor_position, init_sync, attempt);
+final_checksum (sha256 of the final outer weights, only for a completed run; equal on every replica that finished
+together) and final_finite.
 """
 
 from __future__ import annotations
