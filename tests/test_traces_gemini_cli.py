@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +16,8 @@ from trace_fuzz import json_lines, read_text, records, samples
 
 from composer_core.traces import gemini_cli
 from composer_core.traces.contracts import Trace
-from composer_core.traces.formats import IngestLog
-from composer_core.traces.ingest import detect_format
+from composer_core.traces.formats import FileInHand, IngestLog, leading_json_objects
+from composer_core.traces.ingest import detect_format, ingest
 
 FOLDER = TRACES / "gemini_cli"
 SESSION = FOLDER / "jazzyalex__agent-sessions__large.HAND-ASSEMBLED.json"
@@ -147,6 +149,83 @@ def test_memory_stays_flat_on_a_large_log(tmp_path: Path) -> None:
     assert log.read == 7501 and len(trace.messages) == 2500 * 4
     # beyond the trace and the id index that updates and rewinds need, no more than a line or so is in memory
     assert peak - retained < size / 10
+
+
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths opened from now on (by system call or file object), in order."""
+    calls: list[str] = []
+    os_open, path_open = os.open, Path.open
+
+    def spy_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        calls.append(str(path))
+        return os_open(path, *args, **kwargs)
+
+    def spy_path_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(self))
+        return path_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy_os_open)
+    monkeypatch.setattr(Path, "open", spy_path_open)
+    return calls
+
+
+def test_ingest_opens_a_small_file_once_and_agrees_with_a_direct_read(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection reads a small file whole and its reader takes those bytes; a file past the first read (64 KB)
+    is read again by its reader. Either way the traces are those of the reader on its own."""
+    header, *rest = LOG.read_text(encoding="utf-8").splitlines()
+    header = header.replace("gemini_stage0_jsonl", "big")
+    lines = [header] + [line.replace('"id":"g-', f'"id":"g-{copy}-') for copy in range(200) for line in rest]
+    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for source in (SESSION, LOG):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    direct = {path.name: [trace.model_dump_json() for trace in read(path)[0]] for path in sorted(tmp_path.iterdir())}
+    calls = opened(monkeypatch)
+    traces = list(ingest([tmp_path], IngestLog()))
+    assert {Path(trace.source).name: [trace.model_dump_json()] for trace in traces} == direct
+    assert [Path(call).name for call in calls] == ["big.jsonl", "big.jsonl", LOG.name, SESSION.name]
+
+
+def test_a_suspended_ingestion_leaves_no_stale_bytes_behind(tmp_path: Path) -> None:
+    """The bytes detection read are the reader's only while it reads: a file changed while an ingestion is
+    suspended (a trace in the caller's hands) is read anew, by that file's reader or by another ingestion."""
+    path = tmp_path / "session.jsonl"
+    path.write_bytes(LOG.read_bytes())
+    suspended = ingest([path], IngestLog())
+    assert next(suspended).task == "Say hello and list files."
+    path.write_text(LOG.read_text(encoding="utf-8").replace("Say hello", "Say goodbye"), encoding="utf-8")
+    assert read(path)[0][0].task == "Say goodbye and list files."
+    assert next(ingest([path], IngestLog())).task == "Say goodbye and list files."
+    assert list(suspended) == []
+
+
+@pytest.mark.parametrize("text", [
+    "\n\n \n\t\n" * 8 + "{header}\n",  # blank and whitespace lines do not count
+    "[1]\n" * 19 + "{header}",  # the 20th line, with no newline at the end
+    "[1]\n" * 20 + "{header}\n",  # the 21st line: beyond what detection reads
+    "{header}\r\n[1]\r\n",  # CRLF
+    "{header}\r[1]\r",  # a lone CR does not end a line for detection
+    '{"a": 1}\n\x00\xff\n{header}\n\n',  # a line that is not JSON
+])
+def test_detection_in_hand_reads_the_leading_lines_as_a_streamed_read_does(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "session.jsonl"
+    header = json.dumps({"sessionId": "s1", "projectHash": "p1"})
+    path.write_bytes(text.replace("{header}", header).encode("utf-8", errors="surrogateescape"))
+    streamed = leading_json_objects(path)
+    with FileInHand(path):
+        assert leading_json_objects(path) == streamed
+        assert gemini_cli.detect(path) == any("sessionId" in line for line in streamed)
+
+
+def test_a_folder_of_sessions_comes_in_file_name_order_with_repeated_ids_renamed(tmp_path: Path) -> None:
+    for name in ("b.json", "a.json", "c.jsonl", "B.json"):
+        (tmp_path / name).write_bytes((LOG if name.endswith(".jsonl") else SESSION).read_bytes())
+    log = IngestLog()
+    traces = list(ingest([tmp_path], log))
+    assert [Path(trace.source).name for trace in traces] == ["B.json", "a.json", "b.json", "c.jsonl"]
+    assert [trace.trace_id.rsplit("~", 1)[-1] for trace in traces] == ["session-2025-12-16T23-47-b4f17607", "2",
+                                                                       "3", "gemini_stage0_jsonl"]
+    assert log.trace_ids_renamed == 2 and log.files == 4
 
 
 @settings(max_examples=150, deadline=None)

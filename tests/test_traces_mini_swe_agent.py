@@ -12,8 +12,9 @@ from shared_data import TRACES
 
 from composer_core.traces import mini_swe_agent
 from composer_core.traces.contracts import Trace
-from composer_core.traces.formats import IngestLog
-from composer_core.traces.ingest import expand
+from composer_core.traces.formats import PROBE_BYTES, FileInHand, IngestLog
+from composer_core.traces.ingest import detect_format, expand
+from composer_core.traces.ingest import ingest as ingest_paths
 
 V1 = TRACES / "mini_swe_agent" / "SWE-agent__mini-swe-agent__test_output.v1.13.4.json"
 LEGACY = TRACES / "mini_swe_agent" / "SWE-agent__mini-swe-agent__github_issue.traj.json"
@@ -138,3 +139,29 @@ def test_detect_only_mini_swe_agent_samples() -> None:
     detected = {path.relative_to(TRACES).parts[0] for path in expand([TRACES]) if mini_swe_agent.detect(path)}
     assert detected == {"mini_swe_agent"}
     assert all(mini_swe_agent.detect(path) for path in (TRACES / "mini_swe_agent").iterdir())
+
+
+@pytest.mark.parametrize("padding", [9_000, PROBE_BYTES + 1_000])
+def test_tail_detection_and_reading_in_hand_agree_with_reading_from_disk(tmp_path: Path, padding: int) -> None:
+    """`trajectory_format` past the first 8 KB: found in the bytes detection read for a small file, by reading
+    the file's end for a large one; the traces are the reader's own either way."""
+    path = write_v2(tmp_path, {"mini_version": "2.0.0"}, padding=padding)
+    assert mini_swe_agent.detect(path)
+    with FileInHand(path):
+        assert mini_swe_agent.detect(path)
+    found = detect_format(path)
+    assert found is not None and found.name == mini_swe_agent.NAME
+    direct, _ = ingest(path)
+    assert [trace.model_dump_json() for trace in ingest_paths([path], IngestLog())] == [
+        trace.model_dump_json() for trace in direct]
+
+
+def test_timestamps_and_text_actions_only_where_the_message_has_them(tmp_path: Path) -> None:
+    path = write_v2(tmp_path, {})
+    (trace,), _ = ingest(path)
+    stamped = [message.provenance.record for message in trace.messages if message.timestamp is not None]
+    assert stamped == ["messages[2]"]  # the only message with `extra.timestamp`
+    (legacy,), _ = ingest(LEGACY)
+    assert all(message.timestamp is None for message in legacy.messages)
+    assert [len(message.tool_calls) for message in legacy.messages if message.role == "assistant"] == [1] * 10
+    assert legacy.messages[0].tool_calls == [] and legacy.messages[1].tool_calls == []

@@ -7,16 +7,17 @@ that looks at a path (a file, or a folder for formats stored as one file per eve
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import msgspec
 from pydantic import TypeAdapter, ValidationError
@@ -24,11 +25,14 @@ from pydantic import TypeAdapter, ValidationError
 from composer_core.traces.contracts import Provenance, Reject, Trace
 
 HEAD_BYTES = 8192
+PROBE_BYTES = 1 << 16  # read at once from the file in hand: what most `head`s ask for, all of a small file
 DETECT_LINES = 20  # non-blank lines `leading_json_objects` reads
 DETECT_LINE_BYTES = 1 << 20  # a longer line is skipped unparsed
 DETECT_BUDGET_BYTES = 4 << 20  # bytes read in all, however long the lines
-_DATETIME = TypeAdapter(datetime)
-_LEADING: ContextVar[dict[Path, tuple[dict[str, Any], ...]] | None] = ContextVar("leading_json_objects", default=None)
+_VALIDATE_DATETIME = TypeAdapter(datetime).validator.validate_python  # the adapter's own wrapper costs as much again
+_IN_HAND: ContextVar[_Probe | None] = ContextVar("file_in_hand", default=None)
+_END = object()
+Item = TypeVar("Item")
 
 # JSON is parsed with msgspec, falling back to the stdlib for what msgspec refuses. Measured on the shared trace
 # samples (benchmarks/ingestion.py, docs/performance.md), msgspec and orjson both parse several times faster than
@@ -117,48 +121,179 @@ def _as_text(data: bytes | str) -> str:
 
 def head(path: Path, size: int = HEAD_BYTES) -> str:
     """The first bytes of a file as text (for detection); empty for folders and unreadable files."""
+    probe = _in_hand(path)
+    if probe is not None:
+        return probe.text(size)
     if not path.is_file():
         return ""
+    return _read_start(path, size).decode("utf-8", errors="replace")
+
+
+def tail(path: Path, size: int) -> str:
+    """The last `size` bytes of a file as text (for detection); empty for unreadable files."""
+    whole = _whole_in_hand(path)
+    if whole is not None:
+        return whole.start[max(0, len(whole.start) - size):].decode("utf-8", errors="replace")
     try:
         with path.open("rb") as stream:
-            return stream.read(size).decode("utf-8", errors="replace")
+            stream.seek(max(0, path.stat().st_size - size))
+            return stream.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _read_start(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a file (all of it when shorter); empty when it cannot be opened or read. Plain
+    system calls: on a small file, a buffered file object costs more than the read itself."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return b""
+    try:
+        parts = []
+        while size > 0 and (part := os.read(descriptor, size)):
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
+    except OSError:
+        return b""
+    finally:
+        os.close(descriptor)
 
 
 def is_regular_file(path: Path) -> bool:
     """Whether `path` is a regular file (following links): only those are opened, since reading a FIFO, a
     socket or a device could block forever."""
+    probe = _in_hand(path)
+    if probe is not None:
+        return probe.regular
+    return _is_regular(_status(path))
+
+
+def _status(path: Path) -> os.stat_result | None:
+    """The path's status (following links), or None when it cannot be had."""
     try:
-        return stat.S_ISREG(path.stat().st_mode)
+        return path.stat()
     except OSError:
-        return False
+        return None
 
 
-@contextmanager
-def detection_pass() -> Iterator[None]:
-    """While open, `leading_json_objects` reads each file once: every format's `detect` looks at the same file
-    in turn, and each would otherwise read and parse its first lines again."""
-    token = _LEADING.set({})
-    try:
-        yield
-    finally:
-        _LEADING.reset(token)
+def _is_regular(status: os.stat_result | None) -> bool:
+    return status is not None and stat.S_ISREG(status.st_mode)
+
+
+class _Probe:
+    """The file in hand as detection and its reader see it: its status, its first bytes (all of them for a small
+    file) and the JSON objects of its first lines, each had once instead of once per format (and the objects
+    parsed once for detection and reading both)."""
+
+    __slots__ = ("objects", "parsed", "path", "regular", "size", "start", "texts", "whole")
+
+    def __init__(self, path: Path, status: os.stat_result | None) -> None:
+        self.path = path
+        self.regular = _is_regular(status)
+        self.size = status.st_size if status is not None else 0
+        self.start = b""
+        self.whole = not self.regular  # what is not a regular file is never read: its bytes are none
+        self.texts: dict[int, str] = {}
+        self.objects: tuple[dict[str, Any], ...] | None = None
+        self.parsed: dict[bytes, dict[str, Any]] = {}  # leading line -> its object, until the reader takes it
+
+    def first(self, size: int) -> bytes:
+        """The first `size` bytes: read once, at least PROBE_BYTES of them, then sliced."""
+        if len(self.start) < size and not self.whole:
+            wanted = max(size, PROBE_BYTES)
+            self.start = _read_start(self.path, wanted)
+            self.whole = len(self.start) < wanted
+        return self.start[:size]
+
+    def text(self, size: int) -> str:
+        """`head(path, size)`, decoded once per size."""
+        if size not in self.texts:
+            self.texts[size] = self.first(size).decode("utf-8", errors="replace")
+        return self.texts[size]
+
+    def leading_objects(self) -> tuple[dict[str, Any], ...]:
+        """`leading_json_objects`: from the bytes in hand when they are the whole file (a small file is read whole
+        for it), else read from the file."""
+        if self.objects is None:
+            if self.size <= PROBE_BYTES:
+                self.first(PROBE_BYTES)
+            if self.whole and len(self.start) < DETECT_LINE_BYTES:  # then no line can pass a bound
+                self.objects = self._parse_leading_lines()
+            else:
+                self.objects = _read_leading_json_objects(self.path)
+        return self.objects
+
+    def _parse_leading_lines(self) -> tuple[dict[str, Any], ...]:
+        """The objects of the first lines of the whole file in hand, each kept by its line for the reader."""
+        found = []
+        for line in _first_lines(self.start, DETECT_LINES):
+            value = _json_object(line)
+            if value is not None:
+                found.append(value)
+                self.parsed.setdefault(line, value)
+        return tuple(found)
+
+
+def _in_hand(path: Path) -> _Probe | None:
+    """The probe of the file in hand when that file is `path`, else None."""
+    probe = _IN_HAND.get()
+    return probe if probe is not None and (probe.path is path or probe.path == path) else None
+
+
+class FileInHand:
+    """While open (a `with` block), the file at `path` is looked at once by detection and by its reader together:
+    every format's `detect` shares one status (`status` when the caller has it, following links) and one read of
+    its first bytes, and `load_json` and `jsonl_records` take those bytes when they are the whole file (a small
+    file) instead of opening it again. Entered for the file already in hand, it keeps that one. Open only while
+    code runs, never across a `yield` (see `each`): no caller ever sees a file in hand that is not its own."""
+
+    __slots__ = ("path", "previous", "probe", "status")
+
+    def __init__(self, path: Path, status: os.stat_result | None = None) -> None:
+        self.path = path
+        self.status = status
+        self.probe: _Probe | None = None
+
+    def __enter__(self) -> None:
+        self.previous = _IN_HAND.get()
+        if _in_hand(self.path) is None:
+            if self.probe is None:
+                self.probe = _Probe(self.path, self.status if self.status is not None else _status(self.path))
+            _IN_HAND.set(self.probe)
+
+    def __exit__(self, *_: object) -> None:
+        _IN_HAND.set(self.previous)
+
+    def each(self, items: Iterator[Item]) -> Iterator[Item]:
+        """The items of a reader, the file in hand while the reader makes each, not while the caller holds it."""
+        while True:
+            with self:
+                item = next(items, _END)
+            if item is _END:
+                return
+            yield item
+
+
+def _whole_in_hand(path: Path) -> _Probe | None:
+    """The probe of `path` when it is the file in hand and holds all of its bytes (a small file detection read),
+    else None."""
+    probe = _in_hand(path)
+    return probe if probe is not None and probe.regular and probe.whole else None
 
 
 def leading_json_objects(path: Path) -> tuple[dict[str, Any], ...]:
     """The JSON objects among the first DETECT_LINES non-blank lines of a file, reading at most
-    DETECT_BUDGET_BYTES (shared within a `detection_pass`: to be read, never changed).
+    DETECT_BUDGET_BYTES (shared while the file is in hand: to be read, never changed).
 
     For detection: a corrupt, truncated or over-long first line (over DETECT_LINE_BYTES, skipped unparsed)
     does not hide the lines after it, and no file, however large its lines, costs more than the budget.
     """
-    seen = _LEADING.get()
-    if seen is None:
-        return _read_leading_json_objects(path)
-    if path not in seen:
-        seen[path] = _read_leading_json_objects(path)
-    return seen[path]
+    probe = _in_hand(path)
+    if probe is not None:
+        return probe.leading_objects()
+    return _read_leading_json_objects(path)
 
 
 def _read_leading_json_objects(path: Path) -> tuple[dict[str, Any], ...]:
@@ -168,15 +303,35 @@ def _read_leading_json_objects(path: Path) -> tuple[dict[str, Any], ...]:
     try:
         with path.open("rb") as stream:
             for line in _bounded_lines(stream, DETECT_LINES, DETECT_BUDGET_BYTES, DETECT_LINE_BYTES):
-                try:
-                    value = loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(value, dict):
+                value = _json_object(line)
+                if value is not None:
                     found.append(value)
     except OSError:
         pass
     return tuple(found)
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    """The line's JSON object, or None when it is not one (or not JSON)."""
+    try:
+        value = loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _first_lines(data: bytes, lines: int) -> list[bytes]:
+    """The first `lines` non-blank lines of `data` (with their `\\n`), as `_bounded_lines` reads them from a file
+    of that content when no line or budget bound is reached."""
+    found: list[bytes] = []
+    start, end = 0, len(data)
+    while start < end and len(found) < lines:
+        stop = data.find(b"\n", start) + 1 or end
+        line = data[start:stop]
+        if not line.isspace():
+            found.append(line)
+        start = stop
+    return found
 
 
 def _bounded_lines(stream: IO[bytes], lines: int, budget: int, line_limit: int) -> Iterator[bytes]:
@@ -204,7 +359,7 @@ def parse_time(value: Any) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        return _DATETIME.validate_python(value)
+        return _VALIDATE_DATETIME(value)
     except ValidationError:
         return None
 
@@ -214,12 +369,16 @@ def jsonl_records(path: Path, format_name: str, log: IngestLog, *,
     """Stream the objects (and, with allow_arrays, the arrays) of a JSONL file with their provenance; malformed
     lines and other values (a truncated last line included) are rejected with their line number, never raised."""
     file = str(path)
-    with path.open("rb") as stream:
+    whole = _whole_in_hand(path)
+    parsed = whole.parsed if whole is not None else {}  # what detection parsed: taken, each object once
+    with path.open("rb") if whole is None else io.BytesIO(whole.start) as stream:
         for number, line in enumerate(text_mode_lines(stream), start=1):
-            if not line.strip():
+            if line.isspace():  # never empty
                 continue
             try:
-                value = loads(line)
+                value = parsed.pop(line, None) if parsed else None
+                if value is None:
+                    value = loads(line)
             except json.JSONDecodeError as error:
                 text = line.decode("utf-8", errors="replace")
                 if not text.strip():  # blank but for Unicode whitespace: not a record either
@@ -254,14 +413,16 @@ def load_json(path: Path, format_name: str, log: IngestLog) -> Any | None:
     """Parse a whole JSON file (one session); a truncated or malformed file, or a path that is not a regular file,
     is one reject, and None."""
     log.record()
-    where = Provenance(format=format_name, file=str(path))
     if not is_regular_file(path):
-        log.reject_at(where, "not a regular file: not read (reading a FIFO, socket or device could block)")
+        log.reject_at(Provenance(format=format_name, file=str(path)),
+                      "not a regular file: not read (reading a FIFO, socket or device could block)")
         return None
     try:
-        return loads(_universal_newlines(path.read_bytes()))
+        whole = _whole_in_hand(path)
+        return loads(_universal_newlines(path.read_bytes() if whole is None else whole.start))
     except json.JSONDecodeError as error:
-        log.reject_at(where, f"malformed JSON file: {error.msg} at line {error.lineno} (truncated?)", head(path, 500))
+        log.reject_at(Provenance(format=format_name, file=str(path)),
+                      f"malformed JSON file: {error.msg} at line {error.lineno} (truncated?)", head(path, 500))
         return None
 
 

@@ -66,11 +66,15 @@ class _Recording:
 
 def detect(path: Path) -> bool:
     """A `.json` document or a `.jsonl` header carrying both `sessionId` and `projectHash`."""
-    if path.suffix == ".jsonl":
+    suffix = path.suffix
+    if suffix == ".jsonl":
         return any("sessionId" in line and "projectHash" in line and "type" not in line
                    for line in leading_json_objects(path))
+    if suffix != ".json":
+        return False
     text = head(path)
-    return path.suffix == ".json" and text.lstrip().startswith("{") and all(key.search(text) for key in SESSION_KEYS)
+    return (text.lstrip().startswith("{") and '"sessionId"' in text and '"projectHash"' in text  # cheap first
+            and all(key.search(text) for key in SESSION_KEYS))
 
 
 def read(path: Path, log: IngestLog) -> Iterator[Trace]:
@@ -96,8 +100,9 @@ def _read_json(recording: _Recording) -> bool:
         return False
     recording.log.use()
     recording.header = {key: value for key, value in document.items() if key != "messages"}
-    for index, record in enumerate(document["messages"]):
-        recording.log.record()
+    records = document["messages"]
+    recording.log.record(len(records))  # counted before any is kept: a reject is counted as read either way
+    for index, record in enumerate(records):
         _keep(recording, where.at(f"messages[{index}]"), record)
     return True
 
@@ -134,15 +139,17 @@ def _keep(recording: _Recording, where: Provenance, record: Any) -> None:
     if not isinstance(record, dict) or not isinstance(record.get("id"), str):
         recording.log.reject_at(where, "message record without a string 'id'", json.dumps(record))
         return
+    kind = record.get("type")
     try:
-        messages = [] if record.get("type") in SKIPPED_TYPES else _messages(record, where)
+        messages = [] if kind in SKIPPED_TYPES else _messages(record, kind, where)
     except (ValueError, TypeError, AttributeError) as error:
         recording.log.reject_at(where, f"bad message record: {error}", json.dumps(record))
         return
-    if record["id"] in recording.records:
+    message_id = record["id"]
+    if message_id in recording.records:
         recording.log.skip("message superseded by a later record")
-    model = record.get("model") if isinstance(record.get("model"), str) else None
-    recording.records[record["id"]] = _Kept(messages, str(record.get("type")), model)
+    model = record.get("model")
+    recording.records[message_id] = _Kept(messages, str(kind), model if isinstance(model, str) else None)
 
 
 def _rewind(recording: _Recording, where: Provenance, line: dict[str, Any]) -> None:
@@ -168,9 +175,8 @@ def _patch(recording: _Recording, where: Provenance, line: dict[str, Any]) -> No
     recording.log.skip("$set messages (context rewrite, not applied)" if "messages" in patch else "$set")
 
 
-def _messages(record: dict[str, Any], where: Provenance) -> list[Message]:
-    """The messages of one record: a user message, or an assistant message and its tool results."""
-    kind = record.get("type")
+def _messages(record: dict[str, Any], kind: Any, where: Provenance) -> list[Message]:
+    """The messages of one record of type `kind`: a user message, or an assistant message and its tool results."""
     when = parse_time(record.get("timestamp"))
     if kind == "user":
         return [Message(role="user", content=_text(record.get("content")), timestamp=when, provenance=where)]
@@ -179,15 +185,17 @@ def _messages(record: dict[str, Any], where: Provenance) -> list[Message]:
     calls, thoughts = record.get("toolCalls") or [], record.get("thoughts") or []
     if not isinstance(calls, list) or not isinstance(thoughts, list):
         raise ValueError("toolCalls and thoughts must be lists")
-    thinking = "\n\n".join(filter(None, (_thought(thought) for thought in thoughts)))
-    content = _text(record.get("content") if "content" in record else record.get("parts"))
+    thinking = "\n\n".join(filter(None, map(_thought, thoughts))) if thoughts else ""
+    content = _text(record["content"] if "content" in record else record.get("parts"))
     if not (content or thinking or calls):
         return []
-    assistant = Message(role="assistant", content=content, thinking=thinking or None, timestamp=when,
-                        provenance=where, tool_calls=[_call(call) for call in calls])
-    results = [Message(role="tool", tool_result=_result(call), timestamp=parse_time(call.get("timestamp")) or when,
-                       provenance=where) for call in calls if _finished(call)]
-    return [assistant, *results]
+    messages = [Message(role="assistant", content=content, thinking=thinking or None, timestamp=when,
+                        provenance=where, tool_calls=[_call(call) for call in calls])]
+    for call in calls:
+        if _finished(call):
+            messages.append(Message(role="tool", tool_result=_result(call),
+                                    timestamp=parse_time(call.get("timestamp")) or when, provenance=where))
+    return messages
 
 
 def _text(content: Any) -> str:
@@ -203,7 +211,7 @@ def _thought(thought: Any) -> str:
     """One thought summary as text: its subject and description."""
     if not isinstance(thought, dict):
         return str(thought)
-    return ": ".join(str(thought[key]) for key in ("subject", "description") if thought.get(key))
+    return ": ".join([str(thought[key]) for key in ("subject", "description") if thought.get(key)])
 
 
 def _call(call: dict[str, Any]) -> ToolCall:
@@ -220,9 +228,10 @@ def _finished(call: dict[str, Any]) -> bool:
 
 def _result(call: dict[str, Any]) -> ToolResult:
     """A toolCalls entry's result: function responses joined, failed on an error or cancelled status."""
-    parts = call.get("result") if isinstance(call.get("result"), list) else [call.get("result")]
+    result = call.get("result")
+    parts = result if isinstance(result, list) else [result]
     outputs = [_response_text(part) for part in parts if isinstance(part, dict)]
-    output = "\n".join(text for text in outputs if text)
+    output = "\n".join([text for text in outputs if text])
     if not output and isinstance(call.get("resultDisplay"), str):
         output = call["resultDisplay"]
     exit_code = EXIT_CODE.search(output)
@@ -242,15 +251,17 @@ def _response_text(part: dict[str, Any]) -> str:
 
 def _trace(recording: _Recording) -> Trace:
     """The session's Trace from the kept records: those with messages are used, the others skipped."""
-    log, messages = recording.log, []
+    log, messages, used, model = recording.log, [], 0, None
     for kept in recording.records.values():
         if kept.messages:
             messages.extend(kept.messages)
-            log.use()
+            used += 1
         else:
             log.skip(f"message:{kept.kind}" if kept.kind in SKIPPED_TYPES else "message:empty")
+        if model is None and kept.model:
+            model = kept.model
+    log.use(used)
     header = recording.header
-    model = next((kept.model for kept in recording.records.values() if kept.model), None)
     task = next((message.content for message in messages if message.role == "user" and message.content), None)
     meta = {"project_hash": header.get("projectHash"), "kind": header.get("kind"), "summary": header.get("summary"),
             "directories": header.get("directories"), "ended_at": parse_time(header.get("lastUpdated"))}

@@ -16,7 +16,7 @@ from pathlib import Path
 from composer_core.files import check_input
 from composer_core.plugins import registries
 from composer_core.traces.contracts import Provenance, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat, detection_pass
+from composer_core.traces.formats import FileInHand, IngestLog, TraceFormat
 
 SEEN_FOLDER = "folder already walked (a symbolic link loop, or a second link to it)"
 SEEN_FILE = "file already read through another path (a symbolic or hard link to it)"
@@ -24,9 +24,10 @@ HIDDEN_FOLDER = "hidden folder (name starts with a dot)"
 HIDDEN_FILE = "hidden file that no trace format recognises"
 
 
-def detect_format(path: Path) -> TraceFormat | None:
-    """The first registered format whose `detect` accepts the path, or None (the file's first lines read once)."""
-    with detection_pass():
+def detect_format(path: Path, status: os.stat_result | None = None) -> TraceFormat | None:
+    """The first registered format whose `detect` accepts the path, or None (the file's status and first bytes
+    read once for all formats; `status` is the path's, when the caller has it)."""
+    with FileInHand(path, status):
         for entry in registries().trace_formats:
             if entry.item.detect(path):
                 return entry.item
@@ -50,9 +51,15 @@ def expand(paths: Iterable[str | Path], log: IngestLog | None = None) -> Iterato
     the walk passes over (folders and files already seen, hidden entries) is counted in `log.files_skipped`;
     what it cannot read (FIFOs, sockets, devices, broken links) is rejected with its path.
     """
-    walk = _Walk(log if log is not None else IngestLog())
+    for path, _ in _walk(paths, log if log is not None else IngestLog()):
+        yield path
+
+
+def _walk(paths: Iterable[str | Path], log: IngestLog) -> Iterator[tuple[Path, os.stat_result | None]]:
+    """`expand`, each path with the status the walk took of it (None for a named path it could not stat)."""
+    walk = _Walk(log)
     for raw in paths:
-        yield from walk.visit(Path(raw), named=True)
+        yield from walk.named(Path(raw))
 
 
 class _Walk:
@@ -61,25 +68,28 @@ class _Walk:
     def __init__(self, log: IngestLog) -> None:
         self.log = log
         self.folders: set[tuple[int, int]] = set()
-        self.files: set[tuple[int, int]] = set()
+        self.files = _InodeSet()
 
-    def visit(self, path: Path, named: bool = False) -> Iterator[Path]:
+    def named(self, path: Path) -> Iterator[tuple[Path, os.stat_result | None]]:
+        """A path the caller named: one that cannot be stat'ed is yielded as is, without a status."""
         try:
             info = path.stat()
-        except OSError as error:
-            if named:
-                yield path
-            else:
-                self._reject(path, f"cannot read: {error.strerror} (a broken symbolic link?)")
+        except OSError:
+            yield path, None
             return
-        if stat.S_ISDIR(info.st_mode):
+        yield from self._entry(path, info, named=True)
+
+    def _entry(self, path: Path, info: os.stat_result, named: bool) -> Iterator[tuple[Path, os.stat_result]]:
+        """A folder walked, a regular file yielded (once), anything else rejected."""
+        if stat.S_ISREG(info.st_mode):
+            if self._first_sight(path, info, named):
+                yield path, info
+        elif stat.S_ISDIR(info.st_mode):
             yield from self._folder(path, info, named)
-        elif stat.S_ISREG(info.st_mode):
-            yield from self._file(path, info, named)
         else:
             self._reject(path, "not a regular file (a FIFO, socket or device): not read, reading it could block")
 
-    def _folder(self, path: Path, info: os.stat_result, named: bool) -> Iterator[Path]:
+    def _folder(self, path: Path, info: os.stat_result, named: bool) -> Iterator[tuple[Path, os.stat_result]]:
         key = (info.st_dev, info.st_ino)
         if key in self.folders:
             self.log.skip_file(SEEN_FOLDER)
@@ -88,31 +98,56 @@ class _Walk:
             self.log.skip_file(HIDDEN_FOLDER)
             return
         self.folders.add(key)
-        if detect_format(path) is not None:
-            yield path
+        if detect_format(path, info) is not None:
+            yield path, info
             return
         try:
-            children = sorted(path.iterdir())
+            names = sorted(os.listdir(path))  # names, not paths: a folder of many small files costs less memory
         except OSError as error:
             self._reject(path, f"cannot list folder: {error.strerror}")
             return
-        for child in children:
-            yield from self.visit(child)
+        for name in names:
+            child = path / name
+            try:
+                status = child.stat()
+            except OSError as error:
+                self._reject(child, f"cannot read: {error.strerror} (a broken symbolic link?)")
+                continue
+            if stat.S_ISREG(status.st_mode):  # `_entry`'s first case, inline: most children are files
+                if self._first_sight(child, status, named=False):
+                    yield child, status
+            else:
+                yield from self._entry(child, status, named=False)
 
-    def _file(self, path: Path, info: os.stat_result, named: bool) -> Iterator[Path]:
-        key = (info.st_dev, info.st_ino)
-        if key in self.files:
+    def _first_sight(self, path: Path, info: os.stat_result, named: bool) -> bool:
+        """Whether a regular file is yielded: not when already yielded (through another link), nor when hidden
+        and no format recognises it (each skip counted)."""
+        if info in self.files:
             self.log.skip_file(SEEN_FILE)
-            return
-        if not named and path.name.startswith(".") and detect_format(path) is None:
+            return False
+        if not named and path.name.startswith(".") and detect_format(path, info) is None:
             self.log.skip_file(HIDDEN_FILE)
-            return
-        self.files.add(key)
-        yield path
+            return False
+        self.files.add(info)
+        return True
 
     def _reject(self, path: Path, reason: str) -> None:
         self.log.record()
         self.log.reject_at(Provenance(format="unknown", file=str(path)), reason)
+
+
+class _InodeSet:
+    """The files seen, by (device, inode): one integer per file in a set per device, instead of a tuple of two
+    integers per file (a folder may hold tens of thousands of small session files)."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[int, set[int]] = {}
+
+    def __contains__(self, info: os.stat_result) -> bool:
+        return info.st_ino in self.by_device.get(info.st_dev, ())
+
+    def add(self, info: os.stat_result) -> None:
+        self.by_device.setdefault(info.st_dev, set()).add(info.st_ino)
 
 
 def ingest(paths: Iterable[str | Path], log: IngestLog, format_name: str | None = None) -> Iterator[Trace]:
@@ -124,21 +159,28 @@ def ingest(paths: Iterable[str | Path], log: IngestLog, format_name: str | None 
     """
     forced = registries().trace_formats.get(format_name) if format_name else None
     seen_ids: dict[str, int] = {}
-    for path in expand(paths, log):
-        where = Provenance(format=format_name or "unknown", file=str(path))
-        if not path.exists():
+    for path, info in _walk(paths, log):
+        if info is None and not path.exists():
             log.record()
-            log.reject_at(where, "file not found")
+            log.reject_at(_where(path, format_name), "file not found")
             continue
-        found = forced or detect_format(path)
+        hand = FileInHand(path, info)  # detection and the reader share one status and one read of the file
+        with hand:
+            found = forced or detect_format(path, info)
         log.files += 1
         if found is None:
             log.record()
-            log.reject_at(where, "no registered trace format recognises this file; see `composer-core plugins`")
+            log.reject_at(_where(path, format_name),
+                          "no registered trace format recognises this file; see `composer-core plugins`")
             continue
-        for trace in found.read(path, log):
+        for trace in hand.each(found.read(path, log)):
             log.traces += 1
             yield _unique(trace, seen_ids, log)
+
+
+def _where(path: Path, format_name: str | None) -> Provenance:
+    """Where a path that yields no trace is rejected."""
+    return Provenance(format=format_name or "unknown", file=str(path))
 
 
 def _unique(trace: Trace, seen_ids: dict[str, int], log: IngestLog) -> Trace:

@@ -23,7 +23,7 @@ from typing import Any
 
 from composer_core.plugins import Register, hookimpl
 from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolResult, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat, head, load_json, parse_time
+from composer_core.traces.formats import IngestLog, TraceFormat, head, load_json, parse_time, tail
 from composer_core.traces.openai_messages import chat_message, text_of
 
 NAME = "mini_swe_agent"
@@ -33,6 +33,7 @@ TRAJECTORY_FORMAT = re.compile(r'"trajectory_format"\s*:\s*"mini-swe-agent')
 LEGACY_START = re.compile(r'\[\s*\{\s*"role"\s*:\s*"system"')
 TIMEOUT_MARKER = "timed out and has been killed"
 DETECT_BYTES = 1 << 16
+TAIL_BYTES = 4096  # `trajectory_format` is written after the messages
 BAD_RECORD = (ValueError, TypeError, AttributeError)
 
 
@@ -41,18 +42,8 @@ def detect(path: Path) -> bool:
         return False
     text = head(path).lstrip()
     if text.startswith("{"):
-        return '"mini_version"' in text or bool(TRAJECTORY_FORMAT.search(text + _tail(path)))
+        return '"mini_version"' in text or bool(TRAJECTORY_FORMAT.search(text + tail(path, TAIL_BYTES)))
     return bool(LEGACY_START.match(text)) and "<returncode>" in head(path, DETECT_BYTES)
-
-
-def _tail(path: Path, size: int = 4096) -> str:
-    """The last bytes of a file as text (`trajectory_format` is written after the messages)."""
-    try:
-        with path.open("rb") as stream:
-            stream.seek(max(0, path.stat().st_size - size))
-            return stream.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def read(path: Path, log: IngestLog) -> Iterator[Trace]:
@@ -66,8 +57,7 @@ def read(path: Path, log: IngestLog) -> Iterator[Trace]:
                       head(path, 500))
         return
     builder = _Builder(where, log)
-    for index, raw in enumerate(session["messages"]):
-        builder.add(index, raw)
+    builder.add_all(session["messages"])
     if not builder.messages:
         log.reject_at(where, "no usable messages in the trajectory")
         return
@@ -85,38 +75,49 @@ class _Builder:
     pending: ToolCall | None = None
     exit: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, index: int, raw: Any) -> None:
-        self.log.record()
+    def add_all(self, raws: list[Any]) -> None:
+        """Take every message: each is read, then used or rejected."""
+        self.log.record(len(raws))
+        used = 0
+        for index, raw in enumerate(raws):
+            used += self._add(index, raw)
+        self.log.use(used)
+
+    def _add(self, index: int, raw: Any) -> bool:
+        """Take one message: False when it is rejected (the `exit` message is used for its outcome)."""
         record = self.where.at(f"messages[{index}]")
+        extra = _extra(raw)
         if isinstance(raw, dict) and raw.get("role") == "exit":
-            self.exit = _extra(raw)
-            self.log.use()
-            return
+            self.exit = extra
+            return True
         try:
-            message = self._convert(raw, record)
+            message = self._convert(raw, extra, record)
         except BAD_RECORD as error:
             self.log.reject_at(record, f"bad message: {error}", raw)
-            return
-        self.log.use()
-        message.timestamp = parse_time(_extra(raw).get("timestamp"))  # a fresh message, set as model_copy would
+            return False
+        when = parse_time(extra.get("timestamp"))
+        if when is not None:  # a fresh message: set in place, as a model_copy would
+            message.timestamp = when
         self.messages.append(message)
+        return True
 
-    def _convert(self, raw: Any, record: Provenance) -> Message:
+    def _convert(self, raw: Any, extra: dict[str, Any], record: Provenance) -> Message:
         if not isinstance(raw, dict):
             raise ValueError(f"not an object but a {type(raw).__name__}")
         if raw.get("role") == "user" and self.pending is not None:
             call, self.pending = self.pending, None
-            return Message(role="tool", tool_result=_result(raw, text_of(raw.get("content")), call.id, call.name),
+            return Message(role="tool", tool_result=_result(extra, text_of(raw.get("content")), call.id, call.name),
                            provenance=record)
         message = chat_message(raw, record)
         self.pending = None
         if message.role == "assistant" and not message.tool_calls:
-            calls = _text_actions(raw, message.content)
-            self.pending = calls[0] if calls else None
-            message.tool_calls = calls  # the message is fresh: changed in place, as a model_copy would be
+            calls = _text_actions(extra, message.content)
+            if calls:  # the message is fresh: changed in place, as a model_copy would be
+                self.pending = calls[0]
+                message.tool_calls = calls
         elif message.tool_result is not None:
             old = message.tool_result
-            message.tool_result = _result(raw, old.output, old.call_id, old.name)
+            message.tool_result = _result(extra, old.output, old.call_id, old.name)
         return message
 
 
@@ -129,10 +130,10 @@ def _extra(raw: Any) -> dict[str, Any]:
     return _dict(raw.get("extra")) if isinstance(raw, dict) else {}
 
 
-def _text_actions(raw: dict[str, Any], content: str) -> list[ToolCall]:
+def _text_actions(extra: dict[str, Any], content: str) -> list[ToolCall]:
     """The bash action of a text-based assistant message: v2's parsed `extra.actions`, else exactly one
     fenced bash block (the agent rejects a message with none or several, so it then has no call)."""
-    actions = _extra(raw).get("actions")
+    actions = extra.get("actions")
     if isinstance(actions, list):
         commands = [action.get("command") for action in actions if isinstance(action, dict)]
     else:
@@ -142,10 +143,9 @@ def _text_actions(raw: dict[str, Any], content: str) -> list[ToolCall]:
             for command in commands if isinstance(command, str)]
 
 
-def _result(raw: dict[str, Any], output: str, call_id: str | None, name: str | None) -> ToolResult:
+def _result(extra: dict[str, Any], output: str, call_id: str | None, name: str | None) -> ToolResult:
     """A tool result: the exit code from `extra.returncode` or `<returncode>`, an error when the agent recorded
     an exception (v2 `extra.exception_info`) or killed the command on a timeout."""
-    extra = _extra(raw)
     code = extra.get("returncode")
     if not isinstance(code, int) or isinstance(code, bool):
         found = RETURNCODE.search(output)
