@@ -57,7 +57,7 @@ def test_built_inputs_are_valid_repeats_of_the_samples(tmp_path: Path, ingestion
 
 # The parser the benchmark led to (msgspec, the stdlib where msgspec refuses) reads every input as the stdlib did.
 
-EDGE_CASES = [b'{"a": NaN, "b": Infinity, "c": -Infinity}', b'{"a": 1, "a": 2}', b'{"s": "\\ud800"}',
+EDGE_CASES = [b'{"a": NaN, "b": Infinity, "c": -Infinity}', b'{"a": 1, "a": 2}',
               b'{"s": "\\ud83d\\ude00"}', b'{"n": 123456789012345678901234567890}', b'{"n": -18446744073709551617}',
               b'{"x": 1e400}', b'{"x": 0.1e-400}', b'{"s": "\xff\xfe"}', b'{"s": "\xed\xa0\x80"}', b'\xef\xbb\xbf{}',
               b'{"s": "a\x00b"}', b'{"a": 1,}', b'{"a": "open', b"", b"  \n", b'[1, 2] x', b"\xc2\xa0{}", b"1.5"]
@@ -78,6 +78,18 @@ def test_json_reads_as_the_standard_library_does(raw: bytes) -> None:
     expected = outcome(lambda: json.loads(text))
     assert outcome(lambda: loads(raw)) == expected
     assert outcome(lambda: loads(text)) == expected
+
+
+def test_a_lone_surrogate_escape_reads_as_the_replacement_character() -> None:
+    """The stdlib keeps a lone surrogate, which no UTF-8 output can hold (writing the trace or the reject would
+    fail): it reads as U+FFFD, in values and keys, while an escaped pair stays the character it encodes."""
+    from composer_core.traces.formats import loads
+
+    raw = b'{"s": "a\\ud800b", "\\udfff": ["\\ud83d\\ude00", "\\uDBFF", NaN]}'
+    value = loads(raw)
+    assert value["s"] == "a\ufffdb" and value["\ufffd"][:2] == ["\U0001f600", "\ufffd"]
+    assert json.dumps(value, ensure_ascii=False).encode()  # encodable as UTF-8
+    assert loads(b'{"s": "\\ud83d\\ude00"}') == {"s": "\U0001f600"}
 
 
 def test_jsonl_lines_and_numbers_as_a_text_mode_read_gives_them(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -409,3 +410,51 @@ def test_replay_of_every_target_made_from_the_shared_samples(tmp_path: Path, ser
     err = refused(capsys, "replay", str(other), "--teachers", str(teachers), "--targets", str(targets), "--out",
                   str(tmp_path / "p2.jsonl"))
     assert "are not in the traces file" in err
+
+
+WRONG_TYPED = [("type", "[]"), ("type", "{}"), ("role", "[]"), ("role", "{}")]
+
+
+def _wrong_typed_copies(folder: Path) -> list[Path]:
+    """Every JSONL sample with its first three string values of `type` or `role` made a list or an object."""
+    copies = []
+    for sample in sorted(TRACES.rglob("*.jsonl")):
+        text = sample.read_text(encoding="utf-8", errors="replace")
+        for key, value in WRONG_TYPED:
+            changed, count = re.subn(rf'"{key}"\s*:\s*"[^"]*"', f'"{key}": {value}', text, count=3)
+            if count:
+                copy = folder / f"{key}-{'list' if value == '[]' else 'object'}" / sample.parent.name / sample.name
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                copy.write_text(changed, encoding="utf-8")
+                copies.append(copy)
+    return copies
+
+
+@SAMPLES
+def test_wrong_typed_type_and_role_fields_are_rejected_not_raised(tmp_path: Path) -> None:
+    """A list or an object where a line's `type` or a message's `role` should be a string once stopped the whole
+    ingestion with `TypeError: unhashable type` inside detection (claude_code, codex) or a reader
+    (openai_messages). Each copy is read by detection and by every format forced onto it: rejects, never raised."""
+    copies = _wrong_typed_copies(tmp_path)
+    assert len(copies) >= 10
+    formats = [None, "claude_code", "codex", "openai_messages", "gemini_cli", "cline", "mini_swe_agent"]
+    for copy in copies:
+        for forced in formats:
+            log = IngestLog()
+            for trace in ingest([copy], log, forced):
+                trace.model_dump_json()
+            assert log.read > 0, (copy, forced)
+
+
+def test_a_lone_surrogate_escape_is_ingested_and_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON may escape a lone surrogate (`\\ud800`), which no UTF-8 file can hold: it reads as U+FFFD, so the
+    trace is written instead of the command failing while writing it."""
+    source = tmp_path / "chat.jsonl"
+    source.write_text(json.dumps({"messages": [{"role": "user", "content": "fix it"},
+                                               {"role": "assistant", "content": "done"}]}).replace(
+                                                   "fix it", "fix \\ud800 it") + "\n", encoding="utf-8")
+    output = tmp_path / "traces.jsonl"
+    code, _, err = run(capsys, "ingest", str(source), "--out", str(output))
+    assert code == 0, err
+    [trace] = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert trace["messages"][0]["content"] == "fix \ufffd it"

@@ -74,7 +74,8 @@ def detect(path: Path) -> bool:
 
 
 def _is_claude_line(line: dict[str, Any]) -> bool:
-    if line.get("type") not in KNOWN_TYPES or "payload" in line:
+    kind = line.get("type")
+    if not isinstance(kind, str) or kind not in KNOWN_TYPES or "payload" in line:
         return False
     return any(key in line for key in ("sessionId", "parentUuid", "leafUuid", "snapshot"))
 

@@ -77,7 +77,8 @@ def detect(path: Path) -> bool:
 
 def _is_codex_line(line: dict[str, Any]) -> bool:
     if "type" in line:
-        return line["type"] in ENVELOPE_TYPES and isinstance(line.get("payload"), dict)
+        kind = line["type"]
+        return isinstance(kind, str) and kind in ENVELOPE_TYPES and isinstance(line.get("payload"), dict)
     return "id" in line and "timestamp" in line and any(key in line for key in LEGACY_HEADER_KEYS)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,8 +41,10 @@ Item = TypeVar("Item")
 # turns those into floats without a word). What msgspec refuses and the stdlib accepts (NaN and Infinity
 # literals, lone surrogate escapes, numbers beyond the float range, bytes that are not UTF-8) is parsed again
 # by the stdlib on the text decoded as before, so every input reads as it did and a malformed one is reported
-# with the stdlib's message, line and column.
+# with the stdlib's message, line and column. The one change: a lone surrogate reads as U+FFFD (see `loads`).
 _MSGSPEC_DECODE = msgspec.json.Decoder().decode
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a surrogate's escape, lone or in a pair
+_SURROGATE = re.compile("[\ud800-\udfff]")
 JSON_PARSER = f"msgspec {msgspec.__version__}, stdlib json where msgspec refuses"
 
 
@@ -103,16 +106,32 @@ class TraceFormat:
 
 
 def loads(data: bytes | str) -> Any:
-    """One JSON value from UTF-8 bytes or text, exactly as `json.loads` of the text (bytes decoded with
-    replacement characters) gives it; raises `json.JSONDecodeError` on malformed input, and on input nested
-    too deeply to parse (which would otherwise escape as a RecursionError and stop the whole ingestion)."""
+    """One JSON value from UTF-8 bytes or text, as `json.loads` of the text (bytes decoded with replacement
+    characters) gives it, except that a lone surrogate escape (`"\\ud800"`) reads as U+FFFD, the replacement
+    character bad bytes get: no UTF-8 output (a trace, a reject) can hold it. Raises `json.JSONDecodeError` on
+    malformed input, and on input nested too deeply to parse (which would otherwise escape as a RecursionError and
+    stop the whole ingestion)."""
     try:
         try:
             return _MSGSPEC_DECODE(data)
         except (msgspec.DecodeError, UnicodeEncodeError):
-            return json.loads(_as_text(data))
+            text = _as_text(data)
+            value = json.loads(text)
+            return _replace_lone_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", _as_text(data), 0) from None
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """`value` with every surrogate code point in its strings (keys included) replaced by U+FFFD; a surrogate
+    left after `json.loads` is a lone one (an escaped pair reads as one character)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(key): _replace_lone_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def _as_text(data: bytes | str) -> str:

@@ -37,7 +37,8 @@ def text_of(content: Any) -> str:
 
 def chat_message(raw: dict[str, Any], where: Provenance) -> Message:
     """Convert one OpenAI-style message; raises ValueError naming the problem (the caller rejects it)."""
-    role = ROLES.get(raw.get("role"))  # type: ignore[arg-type]
+    given = raw.get("role")
+    role = ROLES.get(given) if isinstance(given, str) else None
     if role is None:
         raise ValueError(f"unknown role {raw.get('role')!r}")
     calls = []
