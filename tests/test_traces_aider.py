@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
 import tracemalloc
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +15,7 @@ from shared_data import TRACES
 from trace_fuzz import read_text
 
 from composer_core.plugins import registries
-from composer_core.traces import aider
+from composer_core.traces import aider, aider_lines, aider_messages
 from composer_core.traces.contracts import Message, Trace
 from composer_core.traces.formats import IngestLog
 
@@ -265,7 +267,7 @@ def test_binary_garbage_never_crashes(tmp_path: Path) -> None:
 
 
 def test_over_long_lines_are_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aider, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(aider_lines, "MAX_LINE_BYTES", 64)
     text = "# aider chat started at 2024-09-01 10:00:00\n\n#### hi  \n\n" + "x" * 500 + "\nmore\n"
     [trace], log = parse(write(tmp_path, text))
     assert [m.role for m in trace.messages] == ["user"]
@@ -308,3 +310,186 @@ LINES = ("# aider chat started at 2024-09-01 10:00:00", "# aider chat started at
 def test_arbitrary_lines_never_crash_and_are_all_accounted(lines: list[str], final_newline: bool) -> None:
     text = "\n".join(lines) + ("\n" if final_newline else "")
     read_text(aider.read, text, ".md")
+
+
+# --- bulk reading: runs of lines taken at once must read exactly as the line-by-line rules -------------------
+
+TRICKY_LINES = (
+    *LINES, "> x   ", "> x    ", ">  ", ">\t  ", ">x  ", "> > nested  ", "#### > quoted  ", "####\t", "#####  ",
+    "# heading", "x  ", "x   ", "  ", "\t", "\u00a0", "\x1c", "\u2028", "\u00e9  ", "x\u00a0  ", "a\rb",
+    "<<<<<<< SEARCH  ", "=======  ", ">>>>>>> REPLACE  ", "> Applied edit to a.py  ", "#### /test pytest  ",
+    "> 2 failed, 1 passed  ", "> exit status 3  ", "> EX\u0130T code: 4  ", "```",
+    "# aider chat started at 2024-09-02 11:00:00  ")
+
+
+def physical_line(chunk: bytes) -> tuple[str, str | None]:
+    """One line's bytes (with its newline, unless it is an unterminated last line): its text and problem."""
+    if len(chunk.removesuffix(b"\n")) >= aider_lines.MAX_LINE_BYTES:
+        return "", f"line longer than {aider_lines.MAX_LINE_BYTES} bytes"
+    return aider_lines.decode_line(chunk)
+
+
+def read_line_by_line(path: Path, log: IngestLog) -> list[Trace]:
+    """The reference: every physical line decoded and fed on its own, with no run taken at once."""
+    parser = aider.Parser(path, log)
+    chunks = [chunk + b"\n" for chunk in path.read_bytes().split(b"\n")]
+    chunks[-1] = chunks[-1][:-1]  # b"" after a final newline, else an unterminated last line
+    lines = [physical_line(chunk) for chunk in chunks if chunk]
+    traces = [trace for line in lines if (trace := parser.feed_line(*line)) is not None]
+    return traces + [trace for trace in [parser.finish()] if trace is not None]
+
+
+def outcome(traces: list[Trace], log: IngestLog) -> tuple[list[str], dict, list[str]]:
+    return [trace.model_dump_json() for trace in traces], log.summary(), [r.model_dump_json() for r in log.examples]
+
+
+def assert_reads_as_line_by_line(path: Path) -> None:
+    bulk_log, reference_log = IngestLog(), IngestLog()
+    assert outcome(list(aider.read(path, bulk_log)), bulk_log) == outcome(read_line_by_line(path, reference_log),
+                                                                         reference_log)
+
+
+line_ends = st.sampled_from(["\n", "\n", "\n", "\r\n", "\r\r\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(st.tuples(st.sampled_from(TRICKY_LINES) | st.text(max_size=5), line_ends), max_size=60),
+       final_newline=st.booleans(), read_bytes=st.sampled_from([1, 3, 16, 1 << 16]),
+       line_limit=st.sampled_from([8, 40, 1 << 20]))
+def test_runs_taken_at_once_read_as_the_lines_one_by_one(lines: list[tuple[str, str]], final_newline: bool,
+                                                        read_bytes: int, line_limit: int) -> None:
+    """Whatever the lines, the read size (so where a block of lines ends, in the middle of a run too) and the line
+    limit (an over-long line inside a run), reading in runs gives the traces, log and rejects of the line-by-line
+    rules."""
+    text = "".join(line + end for line, end in lines)
+    text = text if final_newline else text.rstrip("\r\n")
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aider_lines, "READ_BYTES", read_bytes)
+        patch.setattr(aider_lines, "MAX_LINE_BYTES", line_limit)
+        path = write(Path(folder), text)
+        assert_reads_as_line_by_line(path)
+
+
+@needs_history
+@pytest.mark.parametrize("read_bytes", [7, 4096, 1 << 16])
+def test_real_history_reads_as_line_by_line_whatever_the_read_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  read_bytes: int) -> None:
+    monkeypatch.setattr(aider_lines, "READ_BYTES", read_bytes)
+    sample = HISTORY.read_bytes()[:600_000]
+    assert_reads_as_line_by_line(write(tmp_path, sample[:sample.rindex(b"\n# aider chat") + 1]))
+
+
+def test_crlf_and_lone_cr_line_ends(tmp_path: Path) -> None:
+    """CR LF (and any CRs before the LF) end a line as LF does; a lone CR stays in the line's text."""
+    [unix], _ = parse(write(tmp_path, REPLY_WITH_QUOTE))
+    mixed = REPLY_WITH_QUOTE.replace("\n", "\r\r\n", 3).replace("Done.", "Done.\rstill the same line")
+    [other], _ = parse(write(tmp_path, mixed, "mixed.md"))
+    assert [m.provenance.line for m in other.messages] == [m.provenance.line for m in unix.messages]
+    assert other.messages[1].content == unix.messages[1].content.replace("Done.", "Done.\rstill the same line")
+    assert_reads_as_line_by_line(write(tmp_path, mixed, "again.md"))
+
+
+def test_over_long_line_inside_an_output_rejects_that_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aider_lines, "MAX_LINE_BYTES", 64)
+    text = ("# aider chat started at 2024-09-01 10:00:00\n\n#### /run make  \n> one  \n> " + "y" * 200 + "  \n"
+            "> three  \n\n#### next  \n")
+    [trace], log = parse(write(tmp_path, text))
+    assert [(m.role, m.content) for m in trace.messages] == [("user", "/run make"), ("user", "next")]
+    assert [(r.line, r.reason) for r in log.examples] == [(5, "line longer than 64 bytes")] and accounted(log)
+
+
+def test_a_run_cut_by_the_read_size_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block of lines that ends in the middle of a reply, an output or input changes nothing."""
+    path = write(tmp_path, REPLY_WITH_QUOTE)
+    [whole], _ = parse(path)
+    for read_bytes in (1, 2, 5, 33):
+        monkeypatch.setattr(aider_lines, "READ_BYTES", read_bytes)
+        [cut], _ = parse(path)
+        assert cut.model_dump_json() == whole.model_dump_json()
+
+
+# --- message texts and results, against the definitions they replace ----------------------------------------
+
+def block_text_by_line(kind: str, raw: str) -> str:
+    """Each line without its two trailing spaces, then without its prefix and the space after it."""
+    prefix = "####" if kind == "user" else ">"
+    lines = []
+    for text in raw.split("\n"):
+        text = text.removesuffix("  ")
+        lines.append(text[len(prefix) + 1:] if text.startswith(prefix + " ") or text == prefix else text)
+    return "\n".join(lines).strip()
+
+
+@settings(max_examples=3000, deadline=None)
+@given(parts=st.lists(st.sampled_from(["> ", ">", "#### ", "####", " ", "  ", "x", "\n", "\t", "> > ", "#"]),
+                      max_size=14), kind=st.sampled_from(["user", "tool"]))
+def test_block_text_is_the_line_by_line_text(parts: list[str], kind: str) -> None:
+    raw = "".join(parts)
+    assert aider_messages.block_text(kind, raw) == block_text_by_line(kind, raw)  # type: ignore[arg-type]
+
+
+COMMAND_FAILURE = re.compile(r"Traceback \(most recent call last\)|^FAILED |\b[1-9]\d* (?:failed|errors?)\b"
+                             r"|\.{3,}Failed\b|exit code: [1-9]", re.M)
+OUTPUT_WORDS = ["FAILED ", "\n", " ", "1", "0", "12", "a", "_", "\u0663", " failed", " errors", " error", "x",
+                "....Failed", "exit code: ", "exit status ", "EXIT CODE ", "Ex\u0130t code: ", "ex\u0131t status: ",
+                "-", "Traceback (most recent call last)", "\u017ftatus"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(OUTPUT_WORDS), max_size=10))
+def test_command_failure_and_exit_code_read_as_the_single_patterns(words: list[str]) -> None:
+    text = "".join(words)
+    assert aider_messages.command_failed(text) == bool(COMMAND_FAILURE.search(text))
+    codes = [int(match.group(1)) for match in aider_messages.EXIT_CODE.finditer(text)]
+    assert aider_messages.exit_code(text) == next((code for code in codes if code != 0), 0 if codes else None)
+
+
+def edit_calls_by_line(raw: str, start: int) -> list[dict]:
+    """Every line tried as a SEARCH line; each block read on line by line to its divider and REPLACE line."""
+    lines, calls, path, index = raw.split("\n"), [], "", 0
+    while index < len(lines):
+        if not aider_messages.SEARCH.fullmatch(lines[index]):
+            index += 1
+            continue
+        path = aider_messages.edit_path(lines[max(0, index - 3):index]) or path
+        divider, stop, arguments = None, len(lines), None
+        for after in range(index + 1, len(lines)):
+            if divider is None and aider_messages.SEARCH.fullmatch(lines[after]):
+                stop = after
+                break
+            if divider is None and aider_messages.DIVIDER.fullmatch(lines[after]):
+                divider = after
+            elif divider is not None and aider_messages.REPLACE.fullmatch(lines[after]):
+                stop, arguments = after + 1, {"path": path, "search": "\n".join(lines[index + 1:divider]),
+                                              "replace": "\n".join(lines[divider + 1:after])}
+                break
+        calls.append({"id": f"edit@{start + index}", "name": "edit",
+                      "arguments": arguments if arguments is not None else "\n".join(lines[index:stop])})
+        index = stop
+    return calls
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(["<<<<<<< SEARCH", "<<<<< SEARCH \t", "<<<< SEARCH", "=======", "=====", "====",
+                                 ">>>>>>> REPLACE", ">>>>>>>>>> REPLACE", "a.py", "```python", "x = 1", "", "b c",
+                                 "<<<<<<< SEARCH x", "=======x"]), max_size=16))
+def test_edit_calls_read_as_line_by_line(lines: list[str]) -> None:
+    raw = "\n".join(lines)
+    assert aider_messages.edit_calls(raw, 7) == edit_calls_by_line(raw, 7)
+
+
+def test_regex_whitespace_is_python_whitespace() -> None:
+    """The runs' patterns use `\\s` where the parser's line tests use `str.isspace` and `strip`."""
+    space = re.compile(r"\s")
+    assert not [code for code in range(0x110000) if bool(space.match(chr(code))) != chr(code).isspace()]
+
+
+def test_the_shortcuts_of_the_failure_and_exit_code_searches_hold_for_every_character() -> None:
+    """`failure_count` takes a word character to be alphanumeric or `_`; `exit_code` takes every character that
+    `exit` matches case-insensitively to lower to one of EXIT_LOWERED's letters."""
+    word = re.compile(r"\w")
+    assert not [code for code in range(0x110000) if bool(word.match(chr(code))) != (chr(code).isalnum()
+                                                                                    or chr(code) == "_")]
+    letters = re.compile("[xit]", re.I)
+    assert {chr(code).lower() for code in range(0x110000) if letters.match(chr(code))} == {"x", "i", "t", "\u0131",
+                                                                                            "i\u0307"}

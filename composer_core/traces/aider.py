@@ -18,9 +18,16 @@ their edit results are named `edit` too. The banner that opens a session fills m
 instead of becoming a message. Text before the first header (a history whose start was cut off) is a
 session of its own with meta `headerless`; an Emacs mode line on line 1 is skipped.
 
-The file is read in blocks of whole lines (decoded a block at a time), fed to the parser line by line, and
-each session is yielded when the next header arrives, so memory is bounded by the largest session, not by the
-file. Records: headers, message blocks, the banner, mode lines.
+The file is read in blocks of whole lines (decoded a block at a time, see `aider_lines`) and each session is
+yielded when the next header arrives, so memory is bounded by the largest session, not by the file. Records:
+headers, message blocks, the banner, mode lines.
+
+Parsing: `Parser.feed` and `Parser.classify` hold the rules, line by line. Most lines only add themselves to
+the current message, so a clean block of text is not fed line by line: `Parser.take_runs` takes at once each
+run of lines whose effect one regex or text search over the block decides (the rest of a reply up to a line
+that could end it, the rest of an output or of user input, blank lines, and a new message's first run), and
+`classify` sees only the lines where the state may change. The result is the same as feeding every line.
+Each finished block becomes message fields in `aider_messages` (its text, its edits, its result).
 """
 
 from __future__ import annotations
@@ -29,37 +36,38 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain, count
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any
 
 from composer_core.plugins import Register, hookimpl
-from composer_core.traces.contracts import RAW_EXCERPT_CHARS, Message, Provenance, ToolCall, ToolResult, Trace
+from composer_core.traces.aider_lines import (
+    HEADER_TEXT,
+    blank_run_end,
+    closed_output_run_end,
+    ends_output,
+    is_boundary,
+    is_output_line,
+    is_user_line,
+    open_output_run_end,
+    pieces,
+    reply_run_end,
+    trailing_blank_lines,
+    user_run_end,
+)
+from composer_core.traces.aider_messages import Kind, MessageFields, block_text, edit_calls, output_result
+from composer_core.traces.contracts import RAW_EXCERPT_CHARS, Provenance, Trace
 from composer_core.traces.formats import IngestLog, TraceFormat, head
 
 NAME = "aider"
 FILE_SUFFIX = ".aider.chat.history.md"
 DETECT_BYTES = 65536
-MAX_LINE_BYTES = 1 << 20
-READ_BYTES = 1 << 16  # read at a time: what a block of lines holds, unless a line is longer
-HEADER_TEXT = "# aider chat started at "
 HEADER = re.compile(re.escape(HEADER_TEXT) + "(.*)")
 MODE_LINE = re.compile(r"-\*-.*-\*-\s*")
-VERSION = re.compile(r"^Aider v(\S+)", re.M)
-MODEL = re.compile(r"^(?:Main model|Models?): (\S+).*? with [^\w\n]*(\w+) edit format(?:, weak model (\S+))?", re.M)
-WEAK_MODEL = re.compile(r"^Weak model: (\S+)", re.M)
-SEARCH = re.compile(r"<{5,9} SEARCH\s*")
-DIVIDER = re.compile(r"={5,9}\s*")
-REPLACE = re.compile(r">{5,9} REPLACE\s*")
-FENCE = re.compile(r"(`{3,}|~{3,}|<source\b)")
-EDIT_FAILURE = re.compile(r"The LLM did not conform to the edit format|SEARCH/REPLACE blocks? failed to match")
-EDIT_APPLIED = re.compile(r"^Applied edit to ", re.M)
-COMMAND_FAILURE = re.compile(r"Traceback \(most recent call last\)|^FAILED |\b[1-9]\d* (?:failed|errors?)\b"
-                             r"|\.{3,}Failed\b|exit code: [1-9]", re.M)
-EXIT_CODE = re.compile(r"exit (?:code|status):? (-?\d+)", re.I)
-CHECKED_COMMANDS = ("run", "test", "lint")
-
-Kind = Literal["user", "tool", "assistant"]
+# Patterns that match at the start of a line are searched for in the text with a newline put in front, each
+# starting with that newline: the search then skips from newline to newline instead of trying every position.
+VERSION = re.compile(r"\nAider v(\S+)")
+MODEL = re.compile(r"\n(?:Main model|Models?): (\S+).*? with [^\w\n]*(\w+) edit format(?:, weak model (\S+))?")
+WEAK_MODEL = re.compile(r"\nWeak model: (\S+)")
 
 
 @dataclass(slots=True)
@@ -71,20 +79,21 @@ class Line:
     problem: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Block:
-    """Consecutive lines of one speaker. For aider output, `open_output` while a multi-line output has not
-    ended and `closing` when its last line may end it (the next line decides)."""
+    """Consecutive lines of one speaker, kept as `parts` of one or more lines each (joined by newlines they give
+    the block's text). For aider output, `open_output` while a multi-line output has not ended and `closing`
+    when its last line may end it (the next line decides)."""
 
     kind: Kind
     start: int
-    lines: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
     problem: tuple[int, str] | None = None
     open_output: bool = False
     closing: bool = False
 
     def add(self, line: Line) -> None:
-        self.lines.append(line.text)
+        self.parts.append(line.text)
         if line.problem and self.problem is None:
             self.problem = (line.number, line.problem)
         if self.kind != "tool" or line.problem:
@@ -98,20 +107,25 @@ class Block:
         self.open_output = self.closing = False
 
     def absorb(self, other: Block) -> None:
-        self.lines.extend(other.lines)
+        self.parts.extend(other.parts)
         self.problem = self.problem or other.problem
 
+    def raw(self) -> str:
+        return "\n".join(self.parts)
 
-@dataclass
+
+@dataclass(slots=True)
 class Session:
-    """A session being assembled: its header line (None before the first header) and its messages."""
+    """A session being assembled: its header line (None before the first header) and its messages, as the
+    fields of `Message`s (validated all at once when the trace is made: one call instead of one per message)."""
 
     start: int
     started_at: datetime | None = None
-    messages: list[Message] = field(default_factory=list)
+    messages: list[MessageFields] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
     agent_version: str | None = None
+    last_action: MessageFields | None = None  # the latest user or assistant message: what an output answers
 
 
 def detect(path: Path) -> bool:
@@ -128,147 +142,142 @@ def read(path: Path, log: IngestLog) -> Iterator[Trace]:
     """Stream the sessions of one history file."""
     parser = Parser(path, log)
     with path.open("rb") as stream:
-        for line in physical_lines(stream):
-            if (trace := parser.feed(line)) is not None:
+        for piece in pieces(stream):
+            if isinstance(piece, str):
+                yield from parser.feed_lines(piece)
+            elif (trace := parser.feed_line(*piece)) is not None:
                 yield trace
     if (trace := parser.finish()) is not None:
         yield trace
 
 
-def physical_lines(stream: IO[bytes]) -> Iterator[Line]:
-    """Lines split on `\\n` only (so numbers match an editor's), decoded as UTF-8; over-long, undecodable,
-    NUL-bearing and unterminated last lines are flagged, never raised."""
-    return chain.from_iterable(decode_block(number, block) for number, block in numbered_blocks(stream))
-
-
-def numbered_blocks(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """The blocks of `line_blocks`, each with the number of the line before it."""
-    number = 0
-    for block in line_blocks(stream):
-        yield number, block
-        number += 1 if block is None else block.count(b"\n") + (not block.endswith(b"\n"))
-
-
-def line_blocks(stream: IO[bytes]) -> Iterator[bytes | None]:
-    """The file as blocks of whole lines, each line shorter than MAX_LINE_BYTES, read READ_BYTES at a time (so
-    decoding and splitting are done once per block, not per line); None stands for an over-long line, which is
-    skipped without being held, and an unterminated last line comes alone at the end."""
-    limit, buffer, ended = MAX_LINE_BYTES, b"", False
-    while True:
-        end = buffer.rfind(b"\n", 0, limit)
-        if end == -1 and not ended and len(buffer) < limit:
-            data = stream.read(READ_BYTES)
-            ended = not data
-            buffer += data
-            continue
-        if not buffer:
-            return
-        if end != -1:
-            yield buffer[:end + 1]
-            buffer = buffer[end + 1:]
-        elif len(buffer) < limit:  # at the end of the file: the last line, unterminated
-            yield buffer
-            return
-        else:
-            yield None
-            buffer = skip_line(stream, buffer)
-
-
-def skip_line(stream: IO[bytes], buffer: bytes) -> bytes:
-    """What follows the end of the line that `buffer` starts, reading on as far as it goes."""
-    newline = buffer.find(b"\n")
-    while newline == -1:
-        buffer = stream.read(READ_BYTES)
-        if not buffer:
-            return b""
-        newline = buffer.find(b"\n")
-    return buffer[newline + 1:]
-
-
-def decode_block(number: int, block: bytes | None) -> Iterator[Line]:
-    """The lines of a block (None: an over-long line), numbered after `number`: decoded at once when the block is
-    clean UTF-8 without NUL bytes (the usual case), else line by line so that each bad line is flagged on its
-    own. Made lazily, so that one line object is alive at a time (a block's worth would cost the garbage
-    collector dearly)."""
-    if block is None:
-        return iter([Line(number + 1, "", f"line longer than {MAX_LINE_BYTES} bytes")])
-    try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        text = "\x00"
-    if "\x00" in text:
-        return decode_lines(number, block)
-    texts = text.split("\n")
-    last = texts.pop()  # "" after the final newline, else an unterminated last line
-    if "\r" in text:
-        texts = [line.rstrip("\r") for line in texts]
-    lines = map(Line, count(number + 1), texts)
-    return chain(lines, [decode_line(number + len(texts) + 1, last.encode("utf-8"))]) if last else lines
-
-
-def decode_lines(number: int, block: bytes) -> Iterator[Line]:
-    """The lines of a block that is not clean text, each decoded and flagged on its own."""
-    chunks = block.split(b"\n")
-    last = chunks.pop()  # b"" after the final newline, else an unterminated last line
-    for index, chunk in enumerate(chunks, start=number + 1):
-        yield decode_line(index, chunk + b"\n")
-    if last:
-        yield decode_line(number + len(chunks) + 1, last)
-
-
-def decode_line(number: int, chunk: bytes) -> Line:
-    """Decode one line; flag binary content and a missing newline (a truncated file)."""
-    ended = chunk.endswith(b"\n")
-    raw = chunk.rstrip(b"\n").rstrip(b"\r")
-    try:
-        text, problem = raw.decode("utf-8"), None
-    except UnicodeDecodeError as error:
-        text, problem = raw.decode("utf-8", errors="replace"), f"not UTF-8 text: {error.reason}"
-    if "\x00" in text:
-        problem = "binary content: NUL bytes"
-    if not ended and problem is None:
-        problem = "truncated: the file ends in the middle of this message (no final newline)"
-    return Line(number, text, problem)
-
-
-def ends_output(text: str) -> bool:
-    """Whether a line may end a multi-line aider output: aider strips the text and appends two spaces."""
-    return text.endswith("  ") and len(text) > 2 and not text[-3].isspace()
-
-
-def is_boundary(text: str) -> bool:
-    """A line that cannot continue aider output: blank, or the start of new output or user input."""
-    return not text.strip() or is_output_line(text) or is_user_line(text)
-
-
-def is_user_line(text: str) -> bool:
-    return text.startswith("#### ") or text.rstrip() == "####"
-
-
-def is_output_line(text: str) -> bool:
-    return text.startswith("> ") or text.rstrip() == ">"
-
-
 class Parser:
-    """The line-by-line state machine: current session, current block, blank lines just seen."""
+    """The state machine: current session, current block, blank lines just seen, lines taken so far."""
 
     def __init__(self, path: Path, log: IngestLog) -> None:
         self.path = path
+        self.file = str(path)
         self.log = log
         self.session = Session(start=1, meta={"headerless": True})
         self.block: Block | None = None
         self.pending: Block | None = None
         self.blanks = 0
+        self.number = 0  # lines taken so far
 
     def where(self, line: int) -> Provenance:
-        return Provenance(format=NAME, file=str(self.path), line=line)
+        return Provenance(format=NAME, file=self.file, line=line)
+
+    def feed_line(self, text: str, problem: str | None) -> Trace | None:
+        """Take the next line of the file on its own (see `feed`)."""
+        self.number += 1
+        return self.feed(Line(self.number, text, problem))
+
+    def feed_lines(self, text: str) -> Iterator[Trace]:
+        """Take the next lines of the file, clean and whole: as many as `take_runs` can at once, then the line
+        where it stopped on its own, and so on. That line goes through `feed` if it is a session header (then
+        the previous session is yielded) or line 1 (which may be a mode line), else straight to `classify`,
+        which is all `feed` would do with a clean line."""
+        number, start = self.number + 1, 0
+        while True:
+            start, number = self.take_runs(text, start, number)
+            if start == len(text):
+                self.number = number - 1
+                return
+            newline = text.index("\n", start)
+            line = Line(number, text[start:newline])
+            if number == 1 or line.text.startswith(HEADER_TEXT):
+                if (trace := self.feed(line)) is not None:
+                    yield trace
+            else:
+                self.classify(line)
+            start, number = newline + 1, number + 1
+
+    def take_runs(self, text: str, start: int, number: int) -> tuple[int, int]:
+        """Take at once the lines from `start` (numbered from `number`) that `feed` would take one by one with the
+        same effect, as far as searches over the text decide: the rest of the current block, then the blocks that
+        follow while each is found whole by one search. Returns where it stopped and that line's number. Nothing
+        is taken while an output is pending (whether it is the reply's or aider's is for `feed` to decide)."""
+        block = self.block
+        if self.pending is not None:
+            return start, number
+        if block is not None:
+            end = self.take_block_lines(block, text, start)
+            number += text.count("\n", start, end)
+            if block.kind == "assistant" or (block.open_output and not block.closing):
+                return end, number
+            start = end
+        return self.take_blocks(text, start, number)
+
+    def take_block_lines(self, block: Block, text: str, start: int) -> int:
+        """The lines from `start` that continue the current block, found by one search: a reply's lines up to a
+        header or a line led by `#` or `>` after a blank line (blank ones included, counted in `blanks` when they
+        end the run); a multi-line output's lines through the first that may end it; single-line outputs after
+        output; user input after input."""
+        if block.kind == "assistant":
+            end = reply_run_end(text, start, self.blanks > 0)
+            if end != start:
+                blanks, all_blank = trailing_blank_lines(text, start, end)
+                self.blanks = self.blanks + blanks if all_blank else blanks
+        elif block.open_output:
+            if block.closing:
+                return start
+            end, block.closing = open_output_run_end(text, start)
+        else:
+            end = (closed_output_run_end if block.kind == "tool" else user_run_end)(text, start)
+            if end != start:
+                self.blanks = 0
+        if end != start:
+            block.parts.append(text[start:end - 1])
+        return end
+
+    def take_blocks(self, text: str, start: int, number: int) -> tuple[int, int]:
+        """From a point with no block open, or at the end of user input or of an output (one that may have
+        ended): blank lines, which close that block, then the next block (`take_new_block`), and so on while
+        each is taken whole. Stops where a line needs `classify` or `feed`; line 1 always does, for the mode line
+        that may be there."""
+        while True:
+            end = blank_run_end(text, start)
+            if end != start:
+                blank_lines = text.count("\n", start, end)
+                self.blanks += blank_lines
+                number += blank_lines
+                start = end
+                self.close_block()
+            elif self.block is not None or start == len(text):
+                return start, number
+            if start == len(text) or number == 1:
+                return start, number
+            end = self.take_new_block(text, start, number)
+            if end == start:
+                return start, number
+            number += text.count("\n", start, end)
+            start = end
+
+    def take_new_block(self, text: str, start: int, number: int) -> int:
+        """The block that the lines from `start` (numbered from `number`) open with no block open, with its first
+        run of lines if one search finds it: user input, outputs on one line each, or a reply not led by `#` or
+        `>`. Input and outputs followed by a blank line are taken whole, made into their message at once without
+        a `Block`; the others stay open. Returns where the run stops (`start` if there is none)."""
+        kind: Kind = "user" if text[start] == "#" else "tool" if text[start] == ">" else "assistant"
+        end = (user_run_end(text, start) if kind == "user" else closed_output_run_end(text, start)
+               if kind == "tool" else reply_run_end(text, start, False))
+        if end == start:
+            return start
+        if kind == "assistant":
+            self.block = Block(kind=kind, start=number, parts=[text[start:end - 1]])
+            self.blanks = trailing_blank_lines(text, start, end)[0]
+            return end
+        self.blanks = 0
+        if blank_run_end(text, end) == end:  # the next line decides whether the block goes on
+            self.block = Block(kind=kind, start=number, parts=[text[start:end - 1]])
+        else:
+            self.add_block(kind, number, text[start:end - 1])
+        return end
 
     def feed(self, line: Line) -> Trace | None:
         """Take one line; returns the previous session when this line is a session header."""
         if line.problem and line.problem.startswith("truncated"):
             self.session.meta["truncated"] = True
-        if self.takes_at_once(line):
-            return None
         header = HEADER.fullmatch(line.text) if line.problem is None and line.text.startswith(HEADER_TEXT) else None
         if header is not None:
             finished = self.finish()
@@ -286,32 +295,6 @@ class Parser:
         else:
             self.classify(line)
         return None
-
-    def takes_at_once(self, line: Line) -> bool:
-        """The usual lines, decided without the full checks of `classify` (which would decide the same): a sound
-        line continuing a multi-line aider output that its last line could not end, a blank line or text not led
-        by `#` or `>` in a reply with no output pending, an output line after output, user input after input."""
-        block = self.block
-        if block is None or line.problem is not None or self.pending is not None:
-            return False
-        text = line.text
-        if block.open_output:
-            if block.closing or text.startswith(HEADER_TEXT):
-                return False
-            block.add(line)
-            return True
-        if block.kind == "assistant":
-            if not text or text.isspace():
-                self.blanks += 1
-                block.add(line)
-                return True
-            if text[0] in "#>":
-                return False
-        elif not (is_output_line(text) if block.kind == "tool" else is_user_line(text)):
-            return False
-        block.add(line)
-        self.blanks = 0
-        return True
 
     def classify(self, line: Line) -> None:
         """Route one line to the pending output, the current block or a new one."""
@@ -413,22 +396,31 @@ class Parser:
         block, self.block = self.block, None
         if block is None:
             return
-        self.log.record()
         if block.problem is not None:
+            self.log.record()
             number, reason = block.problem
-            self.log.reject_at(self.where(number), reason, "\n".join(block.lines))
+            self.log.reject_at(self.where(number), reason, block.raw())
             return
+        self.add_block(block.kind, block.start, block.raw())
+
+    def add_block(self, kind: Kind, start: int, raw: str) -> None:
+        """A sound block of `kind` whose lines, the first numbered `start`, are `raw`: the session's next message,
+        or its banner."""
+        self.log.record()
         self.log.use()
-        text = block_text(block)
-        if block.kind == "tool" and not self.session.messages and "headerless" not in self.session.meta:
+        text = block_text(kind, raw)
+        if kind == "tool" and not self.session.messages and "headerless" not in self.session.meta:
             self.add_banner(text)
         else:
-            self.session.messages.append(self.message(block, text))
+            message = self.message(kind, start, raw, text)
+            self.session.messages.append(message)
+            if message["role"] != "tool":
+                self.session.last_action = message
 
     def add_banner(self, text: str) -> None:
         """The output that opens a session: version, model, edit format and weak model, and an excerpt."""
-        session = self.session
-        version, model, weak = VERSION.search(text), MODEL.search(text), WEAK_MODEL.search(text)
+        session, lines = self.session, "\n" + text
+        version, model, weak = VERSION.search(lines), MODEL.search(lines), WEAK_MODEL.search(lines)
         session.agent_version = session.agent_version or (version.group(1) if version else None)
         session.model = session.model or (model.group(1) if model else None)
         found = {"edit_format": model.group(2) if model else None,
@@ -439,17 +431,15 @@ class Parser:
         banner = session.meta.get("banner", "")
         session.meta["banner"] = (banner + "\n" + text if banner else text)[:RAW_EXCERPT_CHARS]
 
-    def message(self, block: Block, text: str) -> Message:
-        where = self.where(block.start)
-        if block.kind == "assistant":
-            return Message(role="assistant", content=text, tool_calls=edit_calls(block), provenance=where)
-        if block.kind == "user":
-            return Message(role="user", content=text, provenance=where)
-        return Message(role="tool", tool_result=output_result(text, self.last_action()), provenance=where)
-
-    def last_action(self) -> Message | None:
-        """The latest user or assistant message: what an aider output answers."""
-        return next((message for message in reversed(self.session.messages) if message.role != "tool"), None)
+    def message(self, kind: Kind, start: int, raw: str, text: str) -> MessageFields:
+        """The message of a block of `kind` whose lines, the first numbered `start`, are `raw`, and whose text is
+        `text`."""
+        where = {"format": NAME, "file": self.file, "line": start}
+        if kind == "assistant":
+            return {"role": "assistant", "content": text, "tool_calls": edit_calls(raw, start), "provenance": where}
+        if kind == "user":
+            return {"role": "user", "content": text, "provenance": where}
+        return {"role": "tool", "tool_result": output_result(text, self.session.last_action), "provenance": where}
 
     def finish(self) -> Trace | None:
         """Close the current block and return the session (a headerless one only if it has messages)."""
@@ -459,100 +449,11 @@ class Parser:
         session = self.session
         if "headerless" in session.meta and not session.messages:
             return None
-        task = next((message.content for message in session.messages
-                     if message.role == "user" and not message.content.startswith("/")), None)
-        return Trace(trace_id=f"{self.path.stem}:{session.start}", format=NAME, source=str(self.path),
+        task = next((message["content"] for message in session.messages
+                     if message["role"] == "user" and not message["content"].startswith("/")), None)
+        return Trace(trace_id=f"{self.path.stem}:{session.start}", format=NAME, source=self.file,
                     messages=session.messages, task=task, model=session.model, agent_version=session.agent_version,
                     started_at=session.started_at, meta={**session.meta, "tool_calls_in_content": True})
-
-
-def block_text(block: Block) -> str:
-    """A block's text without aider's line prefixes and trailing two spaces."""
-    if block.kind == "assistant":
-        return "\n".join(block.lines).strip()
-    prefix = "####" if block.kind == "user" else ">"
-    lines = []
-    for text in block.lines:
-        text = text.removesuffix("  ")
-        if text.startswith(prefix + " ") or text == prefix:
-            text = text[len(prefix) + 1:]
-        lines.append(text)
-    return "\n".join(lines).strip()
-
-
-def edit_calls(block: Block) -> list[ToolCall]:
-    """SEARCH/REPLACE blocks of a reply as `edit` calls; an unterminated block keeps its raw text."""
-    lines, calls, path = block.lines, [], ""
-    index = 0
-    while index < len(lines):
-        if not SEARCH.fullmatch(lines[index]):
-            index += 1
-            continue
-        path = edit_path(lines, index) or path
-        end, arguments = edit_block(lines, index, path)
-        calls.append(ToolCall(id=f"edit@{block.start + index}", name="edit", arguments=arguments))
-        index = end
-    return calls
-
-
-def edit_path(lines: list[str], search_index: int) -> str | None:
-    """The file name aider expects just before a block (skipping the fence line), if one is there."""
-    for text in reversed(lines[max(0, search_index - 3):search_index]):
-        stripped = text.strip()
-        if not stripped or FENCE.match(stripped):
-            continue
-        name = stripped.strip("`*#:").strip()
-        return name if name and " " not in name else None
-    return None
-
-
-def edit_block(lines: list[str], start: int, path: str) -> tuple[int, dict[str, Any] | str]:
-    """Parse the block at `start`: (index after it, {path, search, replace}); an unterminated block (a new
-    SEARCH before its divider, or no REPLACE) gives its raw text instead of the arguments."""
-    divider = None
-    stop = len(lines)
-    for index in range(start + 1, len(lines)):
-        text = lines[index]
-        if divider is None and SEARCH.fullmatch(text):
-            stop = index
-            break
-        if divider is None and DIVIDER.fullmatch(text):
-            divider = index
-        elif divider is not None and REPLACE.fullmatch(text):
-            return index + 1, {"path": path, "search": "\n".join(lines[start + 1:divider]),
-                               "replace": "\n".join(lines[divider + 1:index])}
-    return stop, "\n".join(lines[start:stop])
-
-
-def output_result(text: str, action: Message | None) -> ToolResult:
-    """Aider output as a tool result, named and judged by what it answers: the edits of a reply (also a
-    whole-file reply, whose edits are not parsed into calls), a slash command, or else aider itself."""
-    if action is not None and action.role == "assistant":
-        failed = bool(EDIT_FAILURE.search(text))
-        if action.tool_calls or failed or EDIT_APPLIED.search(text):
-            call_id = action.tool_calls[0].id if action.tool_calls else None
-            return ToolResult(call_id=call_id, name="edit", output=text, is_error=failed)
-    command = slash_command(action)
-    if command is None:
-        return ToolResult(name="aider", output=text)
-    if command not in CHECKED_COMMANDS:
-        return ToolResult(name=command, output=text)
-    return ToolResult(name=command, output=text, exit_code=exit_code(text),
-                      is_error=bool(COMMAND_FAILURE.search(text)))
-
-
-def slash_command(action: Message | None) -> str | None:
-    """The command of a `/command ...` user message."""
-    if action is None or action.role != "user" or not action.content.startswith("/"):
-        return None
-    name = action.content[1:].split(maxsplit=1)
-    return name[0] if name else None
-
-
-def exit_code(text: str) -> int | None:
-    """The first non-zero exit code reported in the output, else 0 when only zeros are, else None."""
-    codes = [int(match.group(1)) for match in EXIT_CODE.finditer(text)]
-    return next((code for code in codes if code != 0), 0 if codes else None)
 
 
 FORMAT = TraceFormat(NAME, "Aider .aider.chat.history.md, one session per `# aider chat started at` header",
