@@ -36,7 +36,7 @@ from composer_core.guard import GUARD_EXIT_CODE
 from composer_core.saved_config import check_resumed_config, save_run_config
 from composer_diloco.children import popen_options, spawn
 from composer_diloco.lighthouse import Lighthouse, settings_for, start_lighthouse, stop_process
-from composer_diloco.merge import healed, merge_run
+from composer_diloco.merge import healed, merge_run, training
 
 REPLICAS_FILE = "replicas.json"
 LOGS = "logs"
@@ -199,20 +199,24 @@ class Launcher:
         return not others or any(other.state == "running" for other in others)
 
     def check_orphans(self) -> None:
-        """Stop a restarted replica that has not healed from a peer by the time it is the only one left: it would
-        train on alone from its own checkpoint (or from scratch) and end with weights of its own."""
-        running = [replica for replica in self.replicas if replica.state == "running"]
-        if len(self.replicas) == 1 or len(running) != 1 or self.stop_deadline is not None:
+        """Stop a restarted replica that has not healed from a peer by the time no peer trains any more: it would
+        train on alone from its own checkpoint (or from scratch) and end with weights of its own. A peer whose
+        process still runs its final evaluation and save has left the quorum already, so it does not count."""
+        if len(self.replicas) == 1 or self.stop_deadline is not None:
             return
-        replica = running[0]
-        if replica.restarts == 0 or replica.process is None or healed(replica.folder, replica.started_at):
-            return
-        stop_process(replica.process, timeout_s=KILL_TIMEOUT_S)
-        record = exit_record(replica.process, replica.started, self.launched)
-        replica.exits.append(record)
-        replica.state = "orphaned"
-        self.event("orphaned", replica, {**record, "reason": "its peers finished before it could heal from one"})
-        self.write_replicas_file()
+        for replica in self.replicas:
+            if replica.state != "running" or replica.restarts == 0 or replica.process is None:
+                continue
+            if any(other.state == "running" and training(other.folder) for other in self.replicas
+                   if other is not replica) or healed(replica.folder, replica.started_at):
+                continue
+            stop_process(replica.process, timeout_s=KILL_TIMEOUT_S)
+            record = exit_record(replica.process, replica.started, self.launched)
+            replica.exits.append(record)
+            replica.state = "orphaned"
+            self.event("orphaned", replica, {**record, "reason": "its peers stopped training before it could heal "
+                                                                 "from one"})
+            self.write_replicas_file()
 
     def check_lighthouse(self) -> None:
         """Without the Lighthouse no quorum can form: stop the run rather than let every replica time out."""

@@ -42,6 +42,14 @@ def healed(folder: Path, since: datetime) -> bool:
     return bool(attempts) and any(heal.get("attempt") == attempts[-1] for heal in record.get("heals", []))
 
 
+def training(folder: Path) -> bool:
+    """Whether the replica's latest attempt in diloco.json still trains: it has not yet recorded the weights it ends
+    with (its `end_step`, written when training stops and it leaves the quorum, before its final evaluation and
+    save). A replica without a readable record counts as training."""
+    attempts = (read_json(folder / OUTER) or {}).get("attempts") or []
+    return not attempts or attempts[-1].get("end_step") is None
+
+
 def metric_rows(folder: Path, replica_id: int) -> list[dict[str, Any]]:
     """A replica's complete metrics rows, each with its replica id (a line cut short by a kill is skipped)."""
     path = folder / METRICS
