@@ -56,7 +56,7 @@ from composer_core.traces.aider_lines import (
 )
 from composer_core.traces.aider_messages import Kind, MessageFields, block_text, edit_calls, output_result
 from composer_core.traces.contracts import RAW_EXCERPT_CHARS, Provenance, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat, head
+from composer_core.traces.formats import IngestLog, TraceFormat, head, is_regular_file
 
 NAME = "aider"
 FILE_SUFFIX = ".aider.chat.history.md"
@@ -130,7 +130,7 @@ class Session:
 
 def detect(path: Path) -> bool:
     """An aider history file by its name, or a session header within the first 64 KB."""
-    if not path.is_file():
+    if not is_regular_file(path):
         return False
     if path.name.endswith(FILE_SUFFIX):
         return True

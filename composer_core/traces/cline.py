@@ -27,7 +27,7 @@ from typing import Any
 
 from composer_core.plugins import Register, hookimpl
 from composer_core.traces.contracts import Message, Provenance, ToolCall, ToolResult, Trace
-from composer_core.traces.formats import IngestLog, TraceFormat, head, load_json, parse_arguments
+from composer_core.traces.formats import IngestLog, TraceFormat, head, is_regular_file, load_json, parse_arguments
 
 NAME = "cline"
 FILE_NAME = "api_conversation_history.json"
@@ -54,7 +54,7 @@ SKIPPED_BLOCKS = frozenset({"redacted_thinking", "image"})
 
 def detect(path: Path) -> bool:
     """By file name, or a `.json` array whose first user message wraps the task in `<task>`."""
-    if not path.is_file():
+    if not is_regular_file(path):
         return False
     if path.name.endswith(FILE_NAME):
         return True

@@ -28,6 +28,7 @@ from composer_core.traces.formats import (
     IngestLog,
     TraceFormat,
     head,
+    is_regular_file,
     jsonl_records,
     load_json,
     parse_arguments,
@@ -57,7 +58,7 @@ SKIPPED_SDK = frozenset({"ConversationStateUpdateEvent", "PauseEvent", "Interrup
 
 
 def detect(path: Path) -> bool:
-    if path.is_dir():
+    if not is_regular_file(path) and path.is_dir():  # the walk's status, when it has one: no stat for a file
         return (path / "base_state.json").is_file() and (path / "events").is_dir()
     if path.suffix == ".json":
         text = head(path)
