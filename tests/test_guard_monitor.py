@@ -228,6 +228,22 @@ def test_a_lasting_warning_is_one_event_printed_once_and_a_new_one_after_it_clea
     assert events == [(15, 23, len(first_fall)), (39, 39, 1)]
 
 
+def test_a_weight_taken_back_at_a_step_does_not_restart_a_lasting_warning() -> None:
+    """`non_finite_update` after `observe` at one step: the warning going on at that step is still going on at the
+    next (printed once), and the non-finite finding is one event."""
+    guard = Guard(GuardConfig(rules={"non_finite": {"action": "warn"}, "all_truncated": {"patience": 1}}))
+    decisions = []
+    for step in range(1, 5):
+        decisions.append(guard.observe(step, {"loss": 0.1, "truncated_fraction": 1.0}))
+        if step == 2:
+            decisions.append(guard.non_finite_update(step))
+    printed = [line.split(": ")[2].split(" ")[0] for decision in decisions for line in decision.lines()]
+    assert printed == ["all_truncated", "non_finite"]
+    events = [(event["rule"], event["step"], event["last_step"], event["steps"])
+              for event in guard.report()["findings"]]
+    assert events == [("all_truncated", 1, 4, 4), ("non_finite", 2, 2, 1)]
+
+
 def test_a_run_that_did_not_stop_reports_exit_code_zero() -> None:
     guard = Guard(GuardConfig())
     guard.observe(1, {"loss": 0.1})

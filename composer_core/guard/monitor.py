@@ -3,6 +3,7 @@ report a stopped run leaves behind. Backends call `observe` once per optimizer s
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Mapping
@@ -111,7 +112,7 @@ class Guard:
         self.rollbacks: list[dict[str, Any]] = []
         self.last_good_step: int | None = None
         self.stop: dict[str, Any] | None = None
-        self._ongoing: dict[str, dict[str, Any]] = {}  # rule -> its event, for rules that tripped at the last step
+        self._latest: dict[str, dict[str, Any]] = {}  # rule -> its latest event in the report
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> StepDecision:
         """Record one step's metrics (canonical names, composer_core.guard.metrics) and decide."""
@@ -133,17 +134,23 @@ class Guard:
 
     def _record(self, findings: list[Finding]) -> None:
         """Findings into the report: a rule that keeps tripping step after step is one event, its `last_step` and
-        `steps` counting how long it lasted."""
-        ongoing = {}
+        `steps` counting how long it lasted (a second finding of a rule at one step adds nothing)."""
         for finding in findings:
-            event = self._ongoing.get(finding.rule)
-            if event is None:
-                event = {**asdict(finding), "last_step": finding.step, "steps": 1}
-                self.events.append(event)
-            else:
+            event = self._latest.get(finding.rule)
+            if event is not None and event["last_step"] == finding.step:
+                continue
+            if finding.continued and event is not None:
                 event["last_step"], event["steps"] = finding.step, event["steps"] + 1
-            ongoing[finding.rule] = event
-        self._ongoing = ongoing
+            else:
+                self._latest[finding.rule] = {**asdict(finding), "last_step": finding.step, "steps": 1}
+                self.events.append(self._latest[finding.rule])
+
+    def _continues(self, rule: str, step: int) -> bool:
+        """Whether `rule` also tripped at the step observed before `step` (after a rollback, before the restored
+        one)."""
+        earlier = bisect.bisect_left(self.history.steps, step)
+        event = self._latest.get(rule)
+        return earlier > 0 and event is not None and event["last_step"] == self.history.steps[earlier - 1]
 
     def non_finite_update(self, step: int) -> StepDecision:
         """The update of `step` made a weight non-finite and the backend took it back: the non_finite rule's
@@ -151,7 +158,7 @@ class Guard:
         active = next((rule for rule in self.rules if rule.rule.name == "non_finite"), None)
         finding = Finding("non_finite", step, active.action if active else "warn", True,
                           "the update made a weight non-finite; it was taken back", step, {},
-                          continued="non_finite" in self._ongoing)
+                          continued=self._continues("non_finite", step))
         decision = StepDecision(step, finding.action, healthy=False, findings=[finding])
         self._limit_rollbacks(decision)
         self._record([finding])
@@ -165,7 +172,7 @@ class Guard:
     def _finding(self, active: ActiveRule, step: int, verdict: Verdict) -> Finding:
         return Finding(active.rule.name, step, active.action, verdict.tripped, verdict.message, verdict.since_step,
                        {name: float(value) for name, value in verdict.values.items()},
-                       continued=active.rule.name in self._ongoing)
+                       continued=self._continues(active.rule.name, step))
 
     def kept_good_state(self, step: int) -> None:
         """The backend kept the state the run was in after `step` updates as the last good one."""
@@ -182,7 +189,6 @@ class Guard:
             raise ValueError("rolled_back without a kept good state")
         self.rollbacks.append({"step": step, "restored_step": self.last_good_step, "learning_rate": learning_rate})
         self.history.truncate_after(self.last_good_step)
-        self._ongoing = {}
 
     def stopped(self, decision: StepDecision, checkpoint: str | None) -> None:
         """The run stops at this decision; `checkpoint` is where the last good state was saved."""
